@@ -1,0 +1,90 @@
+"""The task catalog: every screening target we know how to name, as data.
+
+Prevalences are rough, order-of-magnitude figures for an adult hospital ECG population
+(PTB-XL frequencies for its superclasses/statements; published ECG-to-echo cohorts for echo
+targets; epidemiology for rare disease). Thresholds are PLACEHOLDER operating points until a
+trained model is calibrated on a validation fold; they are set lower for rarer, costlier-to-miss
+targets because a screening alert is only a prompt for a confirmatory test. ``alert`` is True
+only where a flag changes management and is not already obvious from the tracing; broad or
+nonspecific targets (NORM, ST/T change, the echo composites) are scored for triage but never alert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from models.config import ModelConfigError, TaskSpec
+from schemas.messages import TaskGroup
+
+_E, _H, _R = TaskGroup.ECG, TaskGroup.ECHO, TaskGroup.RARE
+
+# (id, name, group, threshold, alert, prevalence, description)
+_ROWS: tuple[tuple[str, str, TaskGroup, float, bool, float, str], ...] = (
+    # PTB-XL diagnostic superclasses
+    ("ecg.norm", "Normal ECG", _E, 0.5, False, 0.44, "PTB-XL superclass NORM"),
+    ("ecg.mi", "Myocardial infarction", _E, 0.5, True, 0.25, "PTB-XL superclass MI (acute or old)"),
+    ("ecg.sttc", "ST/T change", _E, 0.5, False, 0.24, "PTB-XL superclass STTC; nonspecific, no alert"),
+    ("ecg.cd", "Conduction disturbance", _E, 0.5, False, 0.22, "PTB-XL superclass CD"),
+    ("ecg.hyp", "Hypertrophy", _E, 0.5, False, 0.12, "PTB-XL superclass HYP"),
+    # ECG diagnoses (PTB-XL SCP statements unless noted)
+    ("ecg.afib", "Atrial fibrillation", _E, 0.5, True, 0.07, "anticoagulation decision; paper PRAUC 0.900"),
+    ("ecg.lvh", "Left ventricular hypertrophy (ECG criteria)", _E, 0.5, False, 0.10, "voltage criteria"),
+    ("ecg.clbbb", "Complete left bundle branch block", _E, 0.4, True, 0.025, "new LBBB warrants work-up"),
+    ("ecg.crbbb", "Complete right bundle branch block", _E, 0.5, False, 0.025, ""),
+    ("ecg.1avb", "First-degree AV block", _E, 0.5, False, 0.035, ""),
+    ("ecg.pace", "Paced rhythm", _E, 0.5, False, 0.013, "eligibility: paced ECGs are excluded"),
+    ("ecg.stemi", "ST-elevation myocardial infarction", _E, 0.3, True, 0.005, "not in PTB-XL; PRAUC 0.383"),
+    # echocardiographic targets (from an echo within weeks of the ECG)
+    ("echo.lvef_le_40", "LVEF <= 40%", _H, 0.3, True, 0.08, "reduced ejection fraction"),
+    ("echo.lvef_le_50", "LVEF <= 50%", _H, 0.4, False, 0.14, "superset of LVEF <= 40%; scored, no 2nd alert"),
+    ("echo.lvh_wall_ge_13mm", "LV wall thickness >= 13 mm", _H, 0.5, False, 0.10, "echo LV hypertrophy"),
+    ("echo.hcm", "Hypertrophic cardiomyopathy", _H, 0.1, True, 0.002, "cleared tools: PPV ~14% at 0.2%"),
+    ("echo.as_moderate_plus", "Aortic stenosis, moderate or worse", _H, 0.3, True, 0.03, ""),
+    ("echo.ar_moderate_plus", "Aortic regurgitation, moderate or worse", _H, 0.3, True, 0.02, ""),
+    ("echo.mr_moderate_plus", "Mitral regurgitation, moderate or worse", _H, 0.3, True, 0.05, ""),
+    ("echo.tr_moderate_plus", "Tricuspid regurgitation, moderate or worse", _H, 0.4, False, 0.05, ""),
+    ("echo.rv_dysfunction", "RV systolic dysfunction", _H, 0.4, False, 0.06, ""),
+    ("echo.pasp_ge_45", "Pulmonary hypertension (PASP >= 45 mmHg)", _H, 0.3, True, 0.08, "under-recognised"),
+    ("echo.pericardial_effusion", "Pericardial effusion, moderate or larger", _H, 0.3, False, 0.02, ""),
+    ("echo.la_dilation", "Left atrial dilation", _H, 0.5, False, 0.25, ""),
+    ("echo.any_shd", "Any structural heart disease", _H, 0.5, False, 0.30, "composite; ranks triage"),
+    # rare cardiac diseases (paper's internal PRAUC for ECGCLIP-R34 in the description)
+    ("rare.ebstein", "Ebstein anomaly", _R, 0.1, True, 0.0001, "PRAUC 0.253"),
+    ("rare.constrictive_pericarditis", "Constrictive pericarditis", _R, 0.1, True, 0.0002, "PRAUC 0.175"),
+    ("rare.dextrocardia", "Dextrocardia", _R, 0.3, False, 0.0001, "mimicked by lead reversal; PRAUC 0.121"),
+    ("rare.amyloidosis", "Cardiac amyloidosis", _R, 0.1, True, 0.002, "PRAUC 0.201"),
+)
+
+CATALOG: tuple[TaskSpec, ...] = tuple(
+    TaskSpec(id=i, name=n, group=g, threshold=t, alert=a, prevalence=p, description=d)
+    for i, n, g, t, a, p, d in _ROWS
+)
+
+# Which PTB-XL label trains each task: a superclass ("NORM") or an SCP statement code ("AFIB").
+PTBXL_LABELS: Mapping[str, str] = MappingProxyType({
+    "ecg.norm": "NORM", "ecg.mi": "MI", "ecg.sttc": "STTC", "ecg.cd": "CD", "ecg.hyp": "HYP",
+    "ecg.afib": "AFIB", "ecg.lvh": "LVH", "ecg.clbbb": "CLBBB", "ecg.crbbb": "CRBBB",
+    "ecg.1avb": "1AVB", "ecg.pace": "PACE",
+})  # fmt: skip
+
+# Heads of an untrained bundle: only targets PTB-XL can label (no echo or rare labels exist yet).
+DEFAULT_TASK_IDS: tuple[str, ...] = tuple(PTBXL_LABELS)
+
+
+def catalog_task(task_id: str) -> TaskSpec:
+    """The catalog's defaults for ``task_id``; ``ModelConfigError(reason='unknown_task')`` if absent."""
+    for task in CATALOG:
+        if task.id == task_id:
+            return task
+    raise ModelConfigError(f"no task {task_id!r} in the catalog", reason="unknown_task")
+
+
+def catalog_tasks(group: TaskGroup | None = None) -> tuple[TaskSpec, ...]:
+    """All catalog tasks, or those of one group, in catalog order."""
+    return tuple(t for t in CATALOG if group is None or t.group == group)
+
+
+def default_tasks() -> tuple[TaskSpec, ...]:
+    """The PTB-XL-labelled ECG tasks an untrained (or first trained) bundle carries."""
+    return tuple(catalog_task(i) for i in DEFAULT_TASK_IDS)

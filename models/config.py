@@ -1,0 +1,300 @@
+"""Model shape, input contract and task list as frozen, JSON-round-trippable dataclasses.
+
+A bundle's ``bundle.json`` is ``BundleConfig.to_dict()``; everything needed to rebuild the
+network and to prepare its input lives here, so a bundle is self-describing. ``from_dict``
+is strict (unknown keys, wrong types and out-of-range values are refused) because a typo
+in a config must fail loudly at load time rather than silently fall back to a default.
+This module imports no torch: the worker can read configs without the heavy stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from schemas.errors import ECGScreenError
+from schemas.messages import TaskGroup
+
+BUNDLE_SCHEMA_VERSION = 1
+
+STANDARD_LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)  # fmt: skip
+
+Arch = Literal["r18", "r34"]
+ARCHS: tuple[str, ...] = ("r18", "r34")
+NORMALISATIONS: tuple[str, ...] = ("per_lead_zscore", "none")
+
+# Leave headroom under Nyquist: a band edge at Nyquist would make the Butterworth design unstable.
+NYQUIST_MARGIN = 0.9
+
+_TASK_ID = re.compile(r"^[a-z]+\.[a-z0-9_]+$")
+
+_T = TypeVar("_T")
+
+
+class ModelConfigError(ECGScreenError):
+    """A model config (or catalog lookup) is malformed; ``reason`` is usually ``invalid_config``."""
+
+    def __init__(self, detail: str, reason: str = "invalid_config") -> None:
+        super().__init__(reason, detail)
+
+
+# --- small validators: one place that says what "an int" means (bool is not one) -------------
+
+
+def _need(ok: bool, detail: str) -> None:
+    if not ok:
+        raise ModelConfigError(detail)
+
+
+def _int(name: str, value: object, lo: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelConfigError(f"{name} must be an int, got {value!r}")
+    _need(value >= lo, f"{name} must be >= {lo}, got {value}")
+    return value
+
+
+def _float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ModelConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _prob(name: str, value: object) -> float:
+    v = _float(name, value)
+    _need(0.0 < v < 1.0, f"{name} must lie strictly between 0 and 1, got {v}")
+    return v
+
+
+def _str(name: str, value: object, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ModelConfigError(f"{name} must be a string, got {value!r}")
+    _need(allow_empty or bool(value.strip()), f"{name} must not be empty")
+    return value
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    """Normalise a field of a frozen dataclass in __post_init__ (e.g. list -> tuple, int -> float)."""
+    object.__setattr__(obj, name, value)
+
+
+def _strict_kwargs(cls: type, data: object) -> dict[str, Any]:
+    """Check ``data`` is a mapping whose keys are a subset of ``cls``'s fields, required ones present."""
+    if not isinstance(data, Mapping):
+        raise ModelConfigError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    _need(not unknown, f"{cls.__name__}: unknown key(s) {unknown}")
+    missing = sorted(
+        n for n, f in fields.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )  # fmt: skip
+    _need(not missing, f"{cls.__name__}: missing key(s) {missing}")
+    return dict(data)
+
+
+def _build(cls: type[_T], kwargs: dict[str, Any]) -> _T:
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a wrong type that slipped past the validators
+        raise ModelConfigError(f"{cls.__name__}: {e}") from e
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """1D ResNet signal encoder: R18 = BasicBlock [2,2,2,2], R34 = [3,4,6,3]; widths base*(1,2,4,8)."""
+
+    arch: Arch = "r18"
+    in_leads: int = 12
+    base_width: int = 64
+    stem_kernel: int = 15
+    kernel: int = 7
+    embed_dim: int = 256
+
+    def __post_init__(self) -> None:
+        _need(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
+        for name in ("in_leads", "base_width", "embed_dim"):
+            _int(name, getattr(self, name))
+        for name in ("stem_kernel", "kernel"):
+            # Odd kernels keep 'same' padding symmetric, so stride-1 convs preserve length exactly.
+            _need(_int(name, getattr(self, name)) % 2 == 1, f"{name} must be odd")
+
+    @property
+    def feature_dim(self) -> int:
+        return 8 * self.base_width
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> EncoderConfig:
+        return _build(cls, _strict_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model was trained on: rate, length, lead order and preprocessing."""
+
+    sampling_rate_hz: float
+    n_samples: int
+    leads: tuple[str, ...] = STANDARD_LEADS
+    bandpass_hz: tuple[float, float] | None = (0.5, 40.0)
+    normalisation: Literal["per_lead_zscore", "none"] = "per_lead_zscore"
+    clip_mv: float = 10.0
+
+    def __post_init__(self) -> None:
+        fs = _float("sampling_rate_hz", self.sampling_rate_hz)
+        _need(fs > 0, "sampling_rate_hz must be > 0")
+        _set(self, "sampling_rate_hz", fs)
+        _int("n_samples", self.n_samples)
+        self._check_leads()
+        self._check_bandpass()
+        _need(self.normalisation in NORMALISATIONS, f"normalisation must be one of {NORMALISATIONS}")
+        clip = _float("clip_mv", self.clip_mv)
+        _need(clip > 0, "clip_mv must be > 0")
+        _set(self, "clip_mv", clip)
+
+    def _check_leads(self) -> None:
+        _need(isinstance(self.leads, list | tuple), "leads must be a list of names")
+        leads = tuple(_str("lead", lead) for lead in self.leads)
+        _need(bool(leads), "leads must not be empty")
+        _need(len({lead.lower() for lead in leads}) == len(leads), f"duplicate lead in {leads}")
+        _set(self, "leads", leads)
+
+    def _check_bandpass(self) -> None:
+        if self.bandpass_hz is None:
+            return
+        pair = isinstance(self.bandpass_hz, list | tuple) and len(self.bandpass_hz) == 2
+        _need(pair, f"bandpass_hz must be [lo, hi] or null, got {self.bandpass_hz!r}")
+        lo, hi = (_float("bandpass_hz", v) for v in self.bandpass_hz)
+        _need(0 < lo < hi, f"bandpass_hz must satisfy 0 < lo < hi, got {(lo, hi)}")
+        _set(self, "bandpass_hz", (lo, hi))
+        eff = self.effective_bandpass_hz
+        _need(eff is not None and eff[0] < eff[1], f"bandpass low edge {lo} Hz is above Nyquist margin")
+
+    @property
+    def effective_bandpass_hz(self) -> tuple[float, float] | None:
+        """The band actually applied: the high edge clipped below Nyquist of ``sampling_rate_hz``."""
+        if self.bandpass_hz is None:
+            return None
+        lo, hi = self.bandpass_hz
+        return lo, min(hi, NYQUIST_MARGIN * self.sampling_rate_hz / 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["leads"] = list(self.leads)
+        d["bandpass_hz"] = None if self.bandpass_hz is None else list(self.bandpass_hz)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: object) -> InputSpec:
+        return _build(cls, _strict_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One output head: a stable id (``<group>.<name>``), its operating point and alerting policy."""
+
+    id: str
+    name: str
+    group: TaskGroup
+    threshold: float
+    alert: bool
+    prevalence: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        well_formed = isinstance(self.id, str) and bool(_TASK_ID.match(self.id))
+        _need(well_formed, f"task id {self.id!r} is not '<group>.<name>' (lower case)")
+        _str("name", self.name)
+        try:
+            _set(self, "group", TaskGroup(self.group))
+        except ValueError as e:
+            raise ModelConfigError(f"task {self.id}: unknown group {self.group!r}") from e
+        _need(self.id.split(".", 1)[0] == self.group, f"task id {self.id!r} must start with '{self.group}.'")
+        _set(self, "threshold", _prob("threshold", self.threshold))
+        _need(isinstance(self.alert, bool), f"alert must be a bool, got {self.alert!r}")
+        if self.prevalence is not None:
+            _set(self, "prevalence", _prob("prevalence", self.prevalence))
+        _str("description", self.description, allow_empty=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["group"] = self.group.value
+        return d
+
+    @classmethod
+    def from_dict(cls, data: object) -> TaskSpec:
+        return _build(cls, _strict_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """Everything in ``bundle.json``: identity, encoder shape, input contract, tasks, provenance."""
+
+    schema_version: int
+    name: str
+    version: str
+    trained: bool
+    encoder: EncoderConfig
+    input: InputSpec
+    tasks: tuple[TaskSpec, ...]
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _int("schema_version", self.schema_version)
+        _str("name", self.name)
+        _str("version", self.version)
+        _need(isinstance(self.trained, bool), "trained must be a bool")
+        _need(isinstance(self.encoder, EncoderConfig), "encoder must be an EncoderConfig")
+        _need(isinstance(self.input, InputSpec), "input must be an InputSpec")
+        self._check_tasks()
+        self._check_provenance()
+
+    def _check_tasks(self) -> None:
+        _need(isinstance(self.tasks, list | tuple), "tasks must be a list")
+        tasks = tuple(self.tasks)
+        ok = bool(tasks) and all(isinstance(t, TaskSpec) for t in tasks)
+        _need(ok, "tasks must be a non-empty list of TaskSpec")
+        ids = [t.id for t in tasks]
+        _need(len(set(ids)) == len(ids), f"duplicate task ids in {ids}")
+        _set(self, "tasks", tasks)
+
+    def _check_provenance(self) -> None:
+        _need(isinstance(self.provenance, Mapping), "provenance must be an object of strings")
+        ok = all(isinstance(k, str) and isinstance(v, str) for k, v in self.provenance.items())
+        _need(ok, "provenance keys and values must be strings")
+        _set(self, "provenance", dict(self.provenance))  # own copy: the dataclass is frozen
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        return tuple(t.id for t in self.tasks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "version": self.version,
+            "trained": self.trained,
+            "encoder": self.encoder.to_dict(),
+            "input": self.input.to_dict(),
+            "tasks": [t.to_dict() for t in self.tasks],
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> BundleConfig:
+        kw = _strict_kwargs(cls, data)
+        kw["encoder"] = EncoderConfig.from_dict(kw["encoder"])
+        kw["input"] = InputSpec.from_dict(kw["input"])
+        _need(isinstance(kw["tasks"], list | tuple), "tasks must be a list")
+        kw["tasks"] = tuple(TaskSpec.from_dict(t) for t in kw["tasks"])
+        return _build(cls, kw)
