@@ -1,0 +1,252 @@
+"""`ecgscreen demo`: the whole pipeline on the embedded stack, then a summary.
+
+Starts a broker and Redis, publishes a feed (real PTB-XL records when
+../shared/data exists, else simulated 12-lead ECGs) mixed with faulty signals,
+malformed payloads and duplicate deliveries, runs the worker as its own process,
+waits until every event has an outcome, and accounts for each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ops.feed import SignalFault, malformed_payloads, ptbxl_records, simulated_records, with_fault
+from ops.outputs import OutputCollector
+from ops.stack import StackInfo, embedded_stack
+from schemas.messages import Alert
+from workers.settings import Settings, Topics, load_settings
+from workers.triage import TriageStore
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    state_dir: Path = Path(".ecgscreen/demo")
+    data_dir: Path | None = None
+    n_records: int = 150
+    rate_per_s: float = 50.0
+    partitions: int = 3
+    seed: int = 7
+    timeout_s: float = 300.0
+    bundle_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    key: str
+    payload: bytes
+    kind: str  # "clean", a SignalFault, "malformed:<reason>" or "duplicate"
+
+
+@dataclass
+class Feed:
+    items: list[FeedItem] = field(default_factory=list)
+
+    @property
+    def unique_keys(self) -> set[str]:
+        return {i.key for i in self.items}
+
+
+def build_feed(records: Sequence, seed: int) -> Feed:  # type: ignore[type-arg]
+    """Clean records, ~10% with signal faults, ~10% malformed, ~4% sent twice."""
+    from workers.pipeline import RawMessage
+
+    rng = np.random.default_rng(seed)
+    faults = list(SignalFault)
+    feed = Feed()
+
+    def add(payload: bytes, kind: str) -> None:
+        feed.items.append(FeedItem(RawMessage.of(payload, "", 0, 0).key, payload, kind))
+
+    for n, rec in enumerate(records):
+        if n % 10 == 3:
+            fault = faults[(n // 10) % len(faults)]
+            add(with_fault(rec, fault, seed + n).encode(), fault.value)
+        else:
+            add(rec.encode(), "clean")
+        if n % 10 == 5:
+            variants = malformed_payloads(rec.encode())
+            reason, bad = variants[(n // 10) % len(variants)]
+            add(bad, f"malformed:{reason.value}")
+    clean = [i for i in feed.items if i.kind == "clean"]
+    for item in rng.choice(len(clean), size=max(len(clean) // 25, 2), replace=False):
+        feed.items.append(FeedItem(clean[item].key, clean[item].payload, "duplicate"))
+    return feed
+
+
+def demo_records(cfg: DemoConfig) -> tuple[list, str]:  # type: ignore[type-arg]
+    data = cfg.data_dir
+    if data is not None and (data / "ptbxl_folds1-8_100hz.npz").exists():
+        csv = data / "ptbxl_folds1-8_metadata.csv"
+        n500 = cfg.n_records // 4
+        recs = list(ptbxl_records(data / "ptbxl_folds1-8_500hz.npz", csv, limit=n500))
+        recs += list(ptbxl_records(data / "ptbxl_folds1-8_100hz.npz", csv, limit=cfg.n_records - n500))
+        return recs, f"PTB-XL records from {data} ({n500} at 500 Hz, {cfg.n_records - n500} at 100 Hz)"
+    recs = list(simulated_records(cfg.n_records, fs=500.0, seed=cfg.seed))
+    return recs, "neurokit2-simulated 12-lead ECGs at 500 Hz (../shared/data not found)"
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, object]:
+    """Run the demo end to end; returns the summary it printed."""
+    records, origin = demo_records(cfg)
+    feed = build_feed(records, cfg.seed)
+    say(f"feed: {len(feed.items)} messages ({len(feed.unique_keys)} distinct events) from {origin}")
+    topics = Topics()
+    with embedded_stack(cfg.state_dir / "stack", topics.all(), cfg.partitions) as stack:
+        say(f"stack: broker {stack.kafka_bootstrap}, redis {stack.redis_url}")
+        env = _worker_env(cfg, stack)
+        settings = load_settings(env)
+        ensure_bundle(settings.bundle_path, say)
+        with run_worker_process(env, cfg.state_dir / "worker.log") as worker:
+            wait_ready(settings, worker, timeout_s=120)
+            say("worker: ready; publishing the feed")
+            summary = asyncio.run(_exchange(settings, feed, cfg))
+        summary.update(asyncio.run(_triage_view(settings)))
+    print_summary(summary, say)
+    return summary
+
+
+def _worker_env(cfg: DemoConfig, stack: StackInfo) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECGSCREEN_")}
+    env.update(stack.env())
+    env["ECGSCREEN_STATE_DIR"] = str(cfg.state_dir)
+    env["ECGSCREEN_GROUP_ID"] = "ecgscreen-demo"
+    env["ECGSCREEN_LOG_LEVEL"] = "INFO"
+    if cfg.bundle_path is not None:
+        env["ECGSCREEN_BUNDLE"] = str(cfg.bundle_path)
+    return env
+
+
+def ensure_bundle(path: Path, say: Callable[[str], None] = print) -> None:
+    """The untrained bundle is made on first use (deterministic seed) rather than committed."""
+    if (path / "bundle.json").exists():
+        return
+    from models.bundle import init_untrained_bundle
+
+    init_untrained_bundle(path)
+    say(f"bundle: created UNTRAINED R18 bundle at {path}")
+
+
+class run_worker_process:
+    """The worker as its own process, stopped with SIGTERM (graceful: commits offsets)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self._env, self._log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], env=self._env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    ready = settings.state_dir / "worker.ready"
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}; see {settings.state_dir / 'worker.log'}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker not ready after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+async def _exchange(settings: Settings, feed: Feed, cfg: DemoConfig) -> dict[str, object]:
+    from aiokafka import AIOKafkaProducer
+
+    collector = OutputCollector(settings.kafka.bootstrap, settings.kafka.topics)
+    await collector.start()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+                                max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    sent_at: dict[str, float] = {}
+    try:
+        for item in feed.items:
+            sent_at.setdefault(item.key, time.time())
+            await producer.send_and_wait(settings.kafka.topics.events, item.payload, key=item.key.encode())
+            await asyncio.sleep(1.0 / cfg.rate_per_s)
+        await collector.wait_for(feed.unique_keys, cfg.timeout_s)
+    finally:
+        await producer.stop()
+        await collector.stop()
+    return _account(feed, collector, sent_at)
+
+
+def _account(feed: Feed, out: OutputCollector, sent_at: dict[str, float]) -> dict[str, object]:
+    latencies = [(ts - sent_at[k]) * 1000 for k, ts in out.first_seen_at.items() if k in sent_at]
+    counts = Counter(out.outcome_count.values())
+    return {
+        "messages_sent": len(feed.items),
+        "distinct_events": len(feed.unique_keys),
+        "duplicate_deliveries_sent": sum(i.kind == "duplicate" for i in feed.items),
+        "verdicts_by_quality": dict(Counter(v.quality.status.value for v in out.verdicts.values())),
+        "alerts_by_task": dict(Counter(a.task.id for a in out.alerts.values())),
+        "deadletters_by_reason": dict(Counter(d.reason.value for d in out.deadletters.values())),
+        "events_with_exactly_one_outcome": counts.get(1, 0),
+        "events_with_more_than_one_outcome": sum(n for c, n in counts.items() if c > 1),
+        "events_without_outcome": len(feed.unique_keys - set(out.outcome_count)),
+        "latency_ms_median": round(float(np.median(latencies)), 1) if latencies else None,
+        "latency_ms_p99": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
+        "model_trained": all(v.model.trained for v in out.verdicts.values()),
+        "model": next((f"{v.model.name} {v.model.version} sha256:{v.model.sha256[:12]}"
+                       for v in out.verdicts.values()), None),
+    }
+
+
+async def _triage_view(settings: Settings) -> dict[str, object]:
+    store = TriageStore.from_url(settings.redis.url, settings.redis.key_prefix, actor="demo")
+    try:
+        top: list[Alert] = []
+        for site in await store.sites():
+            top += await store.worklist(site, limit=5)
+        sizes = {site: await store.worklist_size(site) for site in await store.sites()}
+        return {"triage_open_by_site": sizes, "triage_counters": await store.stats(),
+                "triage_top": [_alert_line(a) for a in top[:8]]}
+    finally:
+        await store.close()
+
+
+def _alert_line(a: Alert) -> str:
+    flags = f" [{', '.join(a.flags)}]" if a.flags else ""
+    return (f"{a.priority.value:<8} {a.site:<14} {a.task.id:<12} score {a.score:.3f} (thr {a.threshold:.2f}) "
+            f"event {a.event_id}{flags}")
+
+
+def print_summary(s: dict[str, object], say: Callable[[str], None] = print) -> None:
+    untrained = "  ** UNTRAINED MODEL: scores and alerts are not clinically meaningful **"
+    banner = "" if s.get("model_trained") else untrained
+    say("")
+    say("=== ecgscreen demo summary ===" + banner)
+    for key in ("model", "messages_sent", "distinct_events", "duplicate_deliveries_sent",
+                "verdicts_by_quality", "alerts_by_task", "deadletters_by_reason",
+                "events_with_exactly_one_outcome", "events_with_more_than_one_outcome",
+                "events_without_outcome", "latency_ms_median", "latency_ms_p99",
+                "triage_open_by_site", "triage_counters"):
+        say(f"{key:<36} {s.get(key)}")
+    say("top of the triage queue:")
+    for line in s.get("triage_top", []) or []:  # type: ignore[attr-defined]
+        say(f"  {line}")
+    if banner:
+        say(banner.strip())

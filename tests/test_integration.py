@@ -1,0 +1,148 @@
+"""End to end on real parts: Tansu broker + Redis + the worker process.
+
+Sends >= 200 events (about 10% malformed, some delivered twice) and checks the
+accounting the product promises: exactly one outcome per event, dead letters
+with the right reasons, no duplicate triage entries, committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ops.demo import FeedItem, build_feed, ensure_bundle, run_worker_process, wait_ready
+from ops.feed import simulated_records
+from ops.outputs import OutputCollector
+from ops.stack import StackInfo
+from workers.settings import Settings, load_settings
+from workers.triage import TriageStore
+
+pytestmark = pytest.mark.integration
+GROUP = "ecgscreen-it"
+
+
+@pytest.fixture(scope="module")
+def settings(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    state = tmp_path_factory.mktemp("worker")
+    env = {**stack.env(), "ECGSCREEN_STATE_DIR": str(state), "ECGSCREEN_GROUP_ID": GROUP,
+           "ECGSCREEN_MAX_BATCH": "16", "ECGSCREEN_MAX_WAIT_S": "0.1"}
+    return load_settings(env)
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECGSCREEN_")}
+    env.update({"ECGSCREEN_KAFKA_BOOTSTRAP": settings.kafka.bootstrap, "ECGSCREEN_REDIS_URL": settings.redis.url,
+                "ECGSCREEN_STATE_DIR": str(settings.state_dir), "ECGSCREEN_GROUP_ID": GROUP,
+                "ECGSCREEN_MAX_BATCH": "16", "ECGSCREEN_MAX_WAIT_S": "0.1",
+                "ECGSCREEN_BUNDLE": str(settings.bundle_path)})
+    return env
+
+
+async def _produce(settings: Settings, items: list[FeedItem]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+                                max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        for item in items:
+            await producer.send_and_wait(settings.kafka.topics.events, item.payload, key=item.key.encode())
+    finally:
+        await producer.stop()
+
+
+async def _collect(settings: Settings, keys: set[str]) -> OutputCollector:
+    out = OutputCollector(settings.kafka.bootstrap, settings.kafka.topics)
+    await out.start()
+    try:
+        assert await out.wait_for(keys, timeout_s=240), "not every event got an outcome in time"
+        await asyncio.sleep(2.0)  # let any (wrong) second outcome arrive before we count
+    finally:
+        await out.stop()
+    return out
+
+
+async def _offsets(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=GROUP,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = settings.kafka.topics.events
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        ends = await consumer.end_offsets(tps)
+        committed = {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
+        return committed, {tp.partition: ends[tp] for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def _triage(settings: Settings) -> tuple[list[str], dict[str, int]]:
+    store = TriageStore.from_url(settings.redis.url, settings.redis.key_prefix)
+    try:
+        ids = [a.alert_id for site in await store.sites() for a in await store.worklist(site, limit=10_000)]
+        return ids, await store.stats()
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def run_result(settings: Settings, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    feed = build_feed(list(simulated_records(185, fs=500.0, seed=3, bases=4)), seed=3)
+    assert len(feed.items) >= 200
+    ensure_bundle(settings.bundle_path, say=lambda _: None)
+    log = Path(settings.state_dir) / "worker.log"
+    with run_worker_process(_worker_env(settings), log) as proc:
+        wait_ready(settings, proc, timeout_s=120)
+        asyncio.run(_produce(settings, feed.items))
+        out = asyncio.run(_collect(settings, feed.unique_keys))
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    return feed, out
+
+
+def test_every_event_has_exactly_one_outcome(run_result) -> None:  # type: ignore[no-untyped-def]
+    feed, out = run_result
+    assert set(out.outcome_count) == feed.unique_keys
+    assert Counter(out.outcome_count.values()) == Counter({1: len(feed.unique_keys)})
+
+
+def test_malformed_events_are_dead_lettered_with_their_reason(run_result) -> None:  # type: ignore[no-untyped-def]
+    feed, out = run_result
+    malformed = [i for i in feed.items if i.kind.startswith("malformed:")]
+    assert len(malformed) >= 0.08 * len(feed.items)
+    for item in malformed:
+        assert item.key in out.deadletters, item.kind
+        assert out.deadletters[item.key].reason.value == item.kind.split(":", 1)[1]
+    assert set(out.deadletters) == {i.key for i in malformed}  # nothing else is dead-lettered
+
+
+def test_signal_faults_get_a_quality_verdict(run_result) -> None:  # type: ignore[no-untyped-def]
+    feed, out = run_result
+    faulty = [i for i in feed.items if i.kind in {"lead_off", "all_flat", "saturated", "noisy"}]
+    assert faulty
+    for item in faulty:
+        assert out.verdicts[item.key].quality.status.value in {"reject", "degraded"}, item.kind
+    assert all(not out.verdicts[i.key].scores for i in faulty if i.kind == "all_flat")
+
+
+def test_no_duplicate_triage_entries(run_result, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    feed, out = run_result
+    ids, stats = asyncio.run(_triage(settings))
+    assert len(ids) == len(set(ids))
+    assert set(ids) == set(out.alerts)
+    assert stats.get("triage_entries_added", 0) == len(ids)
+    assert stats.get("duplicates_skipped", 0) == sum(i.kind == "duplicate" for i in feed.items)
+
+
+def test_offsets_are_committed(run_result, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    committed, ends = asyncio.run(_offsets(settings))
+    assert sum(ends.values()) == len(run_result[0].items)
+    assert committed == ends
+
+
+def test_verdicts_say_the_model_is_untrained(run_result) -> None:  # type: ignore[no-untyped-def]
+    _, out = run_result
+    assert out.verdicts and all(not v.model.trained for v in out.verdicts.values())
+    assert all("untrained_model" in a.flags for a in out.alerts.values())

@@ -1,0 +1,198 @@
+"""The faust worker: Kafka micro-batches through the screener into Redis and Kafka.
+
+Per batch, in this order, so that an offset is committed only once what its
+event produced is durable:
+
+1. look up each event's recorded outcome in Redis (duplicates are skipped,
+   an event id reused for other content is dead-lettered);
+2. screen the fresh messages in a worker thread (the model must not block the
+   event loop, or heartbeats stop and the group rebalances);
+3. add alerts to the triage queue (idempotent Lua script);
+4. publish alerts, verdicts and dead letters and wait for the broker's acks;
+5. record each event's outcome in Redis;
+6. return, and only then ``take_events`` acks the batch for commit.
+
+A durable write that keeps failing past ``durable_write_timeout_s`` stops the
+process without returning: faust's ``take_events`` acks in ``finally``, so an
+exception escaping the loop body would lose the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import faust
+
+from schemas.codec import DecodeError, encode_alert, encode_deadletter, encode_verdict
+from schemas.messages import DeadLetterReason
+from workers.pipeline import Outcome, RawMessage, Screener, classify, dead
+from workers.settings import Settings
+from workers.triage import RecordedOutcome, TriageStore
+
+log = logging.getLogger("ecgscreen.worker")
+T = TypeVar("T")
+EX_TEMPFAIL = 75
+
+
+class BatchRunner:
+    """Takes one batch from faust to durable outcomes; never raises."""
+
+    def __init__(self, app: faust.App, settings: Settings, screener: Screener) -> None:
+        self._app = app
+        self._settings = settings
+        self._screener = screener
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screen")
+        self._triage: TriageStore | None = None
+
+    @property
+    def triage(self) -> TriageStore:
+        if self._triage is None:
+            self._triage = TriageStore.from_url(self._settings.redis.url, self._settings.redis.key_prefix)
+        return self._triage
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        if self._triage is not None:
+            await self._triage.close()
+
+    async def handle(self, messages: Sequence[RawMessage]) -> None:
+        started = time.perf_counter()
+        try:
+            outcomes, dups = await self._screen(messages)
+        except Exception:
+            # A bug, not bad input (bad input is a dead letter inside the screener):
+            # record the batch as dead letters rather than lose or loop on it.
+            log.exception("batch failed; dead-lettering it", extra={"batch_size": len(messages)})
+            outcomes, dups = [self._failed(m) for m in messages], 0
+        await self._persist(outcomes, dups)
+        log.info("batch done", extra={
+            "batch_size": len(messages), "duplicates": dups,
+            "verdicts": sum(o.kind == "verdict" for o in outcomes),
+            "deadletters": sum(o.kind == "deadletter" for o in outcomes),
+            "alerts": sum(len(o.alerts) for o in outcomes),
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
+
+    async def _screen(self, messages: Sequence[RawMessage]) -> tuple[list[Outcome], int]:
+        recorded = await self._durably("read outcomes", lambda: self.triage.recorded_outcomes(
+            [m.key for m in messages]))
+        fresh, dups, conflicts = classify(messages, [(r.digest, r.kind) if r else None for r in recorded])
+        batch = [messages[i] for i in fresh]
+        loop = asyncio.get_running_loop()
+        outcomes = await loop.run_in_executor(self._executor, self._screener.screen, batch) if batch else []
+        outcomes += [self._conflict(messages[i]) for i in conflicts]
+        return outcomes, len(dups)
+
+    def _conflict(self, msg: RawMessage) -> Outcome:
+        err = DecodeError(DeadLetterReason.EVENT_ID_CONFLICT,
+                          "this event id was already recorded with different content; "
+                          "send corrections under a new event id", msg.key)
+        return dead(msg, err, self._screener.limits)
+
+    def _failed(self, msg: RawMessage) -> Outcome:
+        err = DecodeError(DeadLetterReason.PROCESSING_FAILED, "the worker failed on this batch; replay it",
+                          None if msg.key.startswith("sha256:") else msg.key)
+        return dead(msg, err, self._screener.limits)
+
+    async def _persist(self, outcomes: Sequence[Outcome], dups: int) -> None:
+        alerts = [a for o in outcomes for a in o.alerts]
+        new = await self._durably("triage", lambda: self.triage.add_alerts(alerts))
+        await self._durably("publish", lambda: self._publish(outcomes))
+        done = [(o.message.key, RecordedOutcome(o.message.digest, o.kind)) for o in outcomes]
+        ttl = self._settings.redis.outcome_ttl_s
+        await self._durably("record outcomes", lambda: self.triage.record_outcomes(done, ttl))
+        await self._durably("stats", lambda: self._count(dups, new))
+
+    async def _count(self, dups: int, new_triage: int) -> None:
+        await self.triage.count("duplicates_skipped", dups)
+        await self.triage.count("triage_entries_added", new_triage)
+
+    async def _publish(self, outcomes: Sequence[Outcome]) -> None:
+        topics = self._settings.kafka.topics
+        sends: list[Awaitable[Any]] = []
+        for o in outcomes:
+            for alert in o.alerts:
+                sends.append(await self._send(topics.alerts, alert.patient_ref, encode_alert(alert)))
+            if o.verdict is not None:
+                sends.append(await self._send(topics.verdicts, o.verdict.event_id, encode_verdict(o.verdict)))
+            elif o.deadletter is not None:
+                sends.append(await self._send(topics.deadletter, o.message.key, encode_deadletter(o.deadletter)))
+        await asyncio.gather(*sends)  # the broker's acks (acks=all): durable from here
+
+    async def _send(self, topic: str, key: str, value: bytes) -> Awaitable[Any]:
+        producer = self._app.producer
+        return await producer.send(topic, key.encode(), value, partition=None, timestamp=None, headers=None)
+
+    async def _durably(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Retry with backoff; past the deadline, stop without acking so the batch is redelivered."""
+        deadline = time.monotonic() + self._settings.durable_write_timeout_s
+        delay, attempt = 0.1, 0
+        while True:
+            attempt += 1
+            try:
+                return await write()
+            except Exception:
+                if time.monotonic() + delay > deadline:
+                    log.critical("durable write keeps failing; stopping without ack",
+                                 extra={"what": what, "attempt": attempt})
+                    logging.shutdown()
+                    os._exit(EX_TEMPFAIL)
+                log.warning("durable write failed; retrying", exc_info=True,
+                            extra={"what": what, "attempt": attempt})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def create_app(settings: Settings, screener: Screener) -> faust.App:
+    """The faust app with its one agent; nothing connects until the worker starts."""
+    app = faust.App(
+        settings.kafka.group_id,
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        datadir=str(settings.state_dir / "faust"),
+        web_enabled=False,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.kafka.commit_interval_s,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_s / 3),
+        # Topics are created by ops (`stack up`, or the platform team in production).
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        # A model call on a cold CPU can take seconds; that is not a stalled stream.
+        stream_processing_timeout=300.0,
+    )
+    events = app.topic(settings.kafka.topics.events, value_type=bytes, key_type=bytes,
+                       value_serializer="raw", key_serializer="raw")
+    runner = BatchRunner(app, settings, screener)
+    max_batch, within = settings.batch.max_batch, settings.batch.max_wait_s
+
+    # Concurrency 1: with more, faust can commit past events still in flight.
+    @app.agent(events, concurrency=1)
+    async def screen(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(max_batch, within=within):
+            await runner.handle([_raw(e) for e in batch])
+
+    @app.on_rebalance_complete.connect
+    async def _ready(sender: faust.App, **kwargs: Any) -> None:
+        # A readiness marker for supervisors and the demo: partitions are assigned.
+        ready = settings.state_dir / "worker.ready"
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.write_text(f"{os.getpid()}\n")
+        log.info("worker ready")
+
+    @app.on_before_shutdown.connect
+    async def _close(sender: faust.App, **kwargs: Any) -> None:
+        await runner.close()
+
+    return app
+
+
+def _raw(event: faust.EventT[Any]) -> RawMessage:
+    msg = event.message
+    ts = int(msg.timestamp * 1000) if msg.timestamp else None
+    return RawMessage.of(msg.value or b"", msg.topic, msg.partition, msg.offset, ts)

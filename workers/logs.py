@@ -1,0 +1,46 @@
+"""Structured logs: one JSON object per line.
+
+Only whitelisted context fields are written, so a waveform array or a patient
+identifier passed by mistake in ``extra`` never reaches the log; events are
+named by their event id alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+
+import orjson
+
+CONTEXT_FIELDS = (
+    "event_id", "alert_id", "stage", "error", "batch_size", "fresh", "duplicates", "conflicts",
+    "verdicts", "deadletters", "alerts", "new_triage", "elapsed_ms", "attempt", "what", "engine",
+    "bundle", "model_sha256", "trained", "topic", "partition", "offset", "reason", "tasks",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            if name in record.__dict__:
+                out[name] = record.__dict__[name]
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exc_type"] = record.exc_info[0].__name__
+        return orjson.dumps(out, default=str).decode()
+
+
+def configure_logging(level: str) -> None:
+    """Send the project's loggers to stderr as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("ecgscreen")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

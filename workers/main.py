@@ -1,0 +1,44 @@
+"""Start-up of the worker process: settings -> bundle -> engine -> screener -> faust."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from models.bundle import load_bundle
+from models.engine import make_engine
+from workers.app import create_app
+from workers.logs import configure_logging
+from workers.pipeline import Screener
+from workers.settings import Settings
+
+log = logging.getLogger("ecgscreen.worker")
+
+
+def build_screener(settings: Settings) -> Screener:
+    bundle = load_bundle(settings.bundle_path)
+    engine = make_engine(bundle, settings.engine)
+    spec = bundle.config.input
+    started = time.perf_counter()
+    # Warm up once so the first real batch does not pay for thread pools and allocator growth.
+    engine.infer(np.zeros((1, len(spec.leads), spec.n_samples), np.float32))
+    log.info("model loaded", extra={
+        "bundle": str(settings.bundle_path), "model_sha256": bundle.sha256, "trained": bundle.config.trained,
+        "engine": engine.name, "tasks": len(bundle.task_ids),
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
+    if not bundle.config.trained:
+        log.warning("bundle is UNTRAINED: its scores and alerts mean nothing clinically")
+    return Screener(bundle=bundle, engine=engine)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; faust commits acked offsets on the way out."""
+    from faust.worker import Worker
+
+    configure_logging(settings.log_level)
+    (settings.state_dir / "worker.ready").unlink(missing_ok=True)
+    app = create_app(settings, build_screener(settings))
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
