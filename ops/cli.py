@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,6 +14,8 @@ from schemas.errors import ECGScreenError
 from workers.settings import Settings, load_settings
 
 DEFAULT_SHARED_DATA = Path("../shared/data")
+# Command groups that live beside the area they serve; each has register(subparsers).
+COMMAND_MODULES = ("ops.model_cmd",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the summary as JSON too")
     d.set_defaults(func=cmd_demo)
     _event_commands(sub.add_parser("events", help="validate and produce ecg.event/v1 payloads"))
-    _model_commands(sub.add_parser("model", help="model bundles"))
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 
@@ -74,22 +78,13 @@ def _event_commands(p: argparse.ArgumentParser) -> None:
     f.set_defaults(func=cmd_events_from_wfdb)
 
 
-def _model_commands(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(metavar="ACTION")
-    i = sub.add_parser("init-untrained", help="write a randomly initialised bundle (integration testing)")
-    i.add_argument("out", type=Path)
-    i.add_argument("--arch", choices=("r18", "r34"), default="r18")
-    i.add_argument("--seed", type=int, default=0)
-    i.set_defaults(func=cmd_model_init)
-
-
 def cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
     from ops.stack import stack_up
 
     parts = args.partitions or settings.kafka.partitions
     info = stack_up(settings.state_dir / "stack", settings.kafka.topics.all(), parts,
                     args.kafka_port, args.redis_port)
-    _print_json({"kafka_bootstrap": info.kafka_bootstrap, "redis_url": info.redis_url,
+    print_json({"kafka_bootstrap": info.kafka_bootstrap, "redis_url": info.redis_url,
                  "topics": info.topics, "partitions": info.partitions, "env": info.env()})
     return 0
 
@@ -106,7 +101,7 @@ def cmd_stack_status(args: argparse.Namespace, settings: Settings) -> int:
     from ops.stack import stack_status
 
     status = stack_status(settings.state_dir / "stack")
-    _print_json(status)
+    print_json(status)
     return 0 if status["running"] else 3
 
 
@@ -124,7 +119,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                      rate_per_s=args.rate, bundle_path=args.bundle)
     summary = run_demo(cfg)
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     return 0 if summary["events_without_outcome"] == 0 and summary["events_with_more_than_one_outcome"] == 0 else 1
 
 
@@ -139,40 +134,32 @@ def cmd_events_validate(args: argparse.Namespace, settings: Settings) -> int:
                 reason = None
             except DecodeError as err:
                 reason, bad = str(err.reason), bad + 1
-            _print_json({"line": n, "ok": reason is None, "reason": reason})
+            print_json({"line": n, "ok": reason is None, "reason": reason})
     return 1 if bad else 0
 
 
 def cmd_events_from_npz(args: argparse.Namespace, settings: Settings) -> int:
     from ops.feed import ptbxl_records
 
-    _write_lines(r.encode() for r in ptbxl_records(args.npz, args.csv, args.limit))
+    write_lines(r.encode() for r in ptbxl_records(args.npz, args.csv, args.limit))
     return 0
 
 
 def cmd_events_from_wfdb(args: argparse.Namespace, settings: Settings) -> int:
     from ops.feed import wfdb_records
 
-    _write_lines(r.encode() for r in wfdb_records(args.paths))
+    write_lines(r.encode() for r in wfdb_records(args.paths))
     return 0
 
 
-def cmd_model_init(args: argparse.Namespace, settings: Settings) -> int:
-    from models.bundle import init_untrained_bundle
-
-    bundle = init_untrained_bundle(args.out, arch=args.arch, seed=args.seed)
-    _print_json({"path": str(args.out), "sha256": bundle.sha256, "trained": False})
-    return 0
-
-
-def _write_lines(lines: Iterable[bytes]) -> None:
+def write_lines(lines: Iterable[bytes]) -> None:
     out = sys.stdout.buffer
     for line in lines:
         out.write(line + b"\n")
     out.flush()
 
 
-def _print_json(obj: object) -> None:
+def print_json(obj: object) -> None:
     sys.stdout.write(orjson.dumps(obj, default=str).decode() + "\n")
     sys.stdout.flush()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.feed import SignalFault, malformed_payloads, ptbxl_records, simulated_records, with_fault
+from ops.feed import Record, SignalFault, malformed_payloads, ptbxl_records, simulated_records, with_fault
 from ops.outputs import OutputCollector
 from ops.stack import StackInfo, embedded_stack
 from schemas.messages import Alert
@@ -57,7 +57,7 @@ class Feed:
         return {i.key for i in self.items}
 
 
-def build_feed(records: Sequence, seed: int) -> Feed:  # type: ignore[type-arg]
+def build_feed(records: Sequence[Record], seed: int) -> Feed:
     """Clean records, ~10% with signal faults, ~10% malformed, ~4% sent twice."""
     from workers.pipeline import RawMessage
 
@@ -84,7 +84,7 @@ def build_feed(records: Sequence, seed: int) -> Feed:  # type: ignore[type-arg]
     return feed
 
 
-def demo_records(cfg: DemoConfig) -> tuple[list, str]:  # type: ignore[type-arg]
+def demo_records(cfg: DemoConfig) -> tuple[list[Record], str]:
     data = cfg.data_dir
     if data is not None and (data / "ptbxl_folds1-8_100hz.npz").exists():
         csv = data / "ptbxl_folds1-8_metadata.csv"

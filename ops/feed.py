@@ -10,7 +10,7 @@ import base64
 import csv
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -180,11 +180,7 @@ def with_fault(rec: Record, fault: SignalFault, seed: int = 0) -> Record:
         sig *= 60.0  # past +-32.767 mV: encode_event clips at the int16 rail
     elif fault is SignalFault.NOISY:
         sig += rng.normal(0, 2.0, size=sig.shape).astype(np.float32)
-    return Record(**{**_fields(rec), "signal_mv": sig, "event_id": f"{rec.event_id}-{fault.value}"})
-
-
-def _fields(rec: Record) -> dict[str, object]:
-    return {name: getattr(rec, name) for name in rec.__dataclass_fields__}
+    return replace(rec, signal_mv=sig, event_id=f"{rec.event_id}-{fault.value}")
 
 
 def malformed_payloads(valid: bytes) -> list[tuple[DeadLetterReason, bytes]]:

@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 
 import faust
 
-from schemas.codec import DecodeError, encode_alert, encode_deadletter, encode_verdict
+from schemas.codec import encode_alert, encode_deadletter, encode_verdict
+from schemas.errors import ECGScreenError
 from schemas.messages import DeadLetterReason
-from workers.pipeline import Outcome, RawMessage, Screener, classify, dead
+from workers.pipeline import Outcome, ProcessingError, RawMessage, Screener, classify, dead
 from workers.settings import Settings
 from workers.triage import RecordedOutcome, TriageStore
 
@@ -89,15 +90,15 @@ class BatchRunner:
         return outcomes, len(dups)
 
     def _conflict(self, msg: RawMessage) -> Outcome:
-        err = DecodeError(DeadLetterReason.EVENT_ID_CONFLICT,
-                          "this event id was already recorded with different content; "
-                          "send corrections under a new event id", msg.key)
+        err = ECGScreenError(DeadLetterReason.EVENT_ID_CONFLICT.value,
+                             "this event id was already recorded with different content; "
+                             "send corrections under a new event id")
         return dead(msg, err, self._screener.limits)
 
     def _failed(self, msg: RawMessage) -> Outcome:
-        err = DecodeError(DeadLetterReason.PROCESSING_FAILED, "the worker failed on this batch; replay it",
-                          None if msg.key.startswith("sha256:") else msg.key)
-        return dead(msg, err, self._screener.limits)
+        event_id = None if msg.key.startswith("sha256:") else msg.key
+        return dead(msg, ProcessingError("the worker failed on this batch; replay it", event_id),
+                    self._screener.limits)
 
     async def _persist(self, outcomes: Sequence[Outcome], dups: int) -> None:
         alerts = [a for o in outcomes for a in o.alerts]
@@ -173,11 +174,11 @@ def create_app(settings: Settings, screener: Screener) -> faust.App:
 
     # Concurrency 1: with more, faust can commit past events still in flight.
     @app.agent(events, concurrency=1)
-    async def screen(stream: faust.StreamT[bytes]) -> None:
+    async def screen(stream: Any) -> None:  # faust.Stream; take_events is missing from its StreamT
         async for batch in stream.take_events(max_batch, within=within):
             await runner.handle([_raw(e) for e in batch])
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def _ready(sender: faust.App, **kwargs: Any) -> None:
         # A readiness marker for supervisors and the demo: partitions are assigned.
         ready = settings.state_dir / "worker.ready"
@@ -185,7 +186,7 @@ def create_app(settings: Settings, screener: Screener) -> faust.App:
         ready.write_text(f"{os.getpid()}\n")
         log.info("worker ready")
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(sender: faust.App, **kwargs: Any) -> None:
         await runner.close()
 

@@ -194,10 +194,18 @@ def _queue_ms(message: RawMessage, now: datetime) -> float:
     return round(now.timestamp() * 1000 - message.timestamp_ms, 3)
 
 
-def _failed(stage: str, exc: Exception, event_id: str | None) -> DecodeError:
+class ProcessingError(ECGScreenError):
+    """A valid event the worker could not screen (preprocessing or model failure)."""
+
+    def __init__(self, detail: str, event_id: str | None) -> None:
+        super().__init__(DeadLetterReason.PROCESSING_FAILED.value, detail)
+        self.event_id = event_id
+
+
+def _failed(stage: str, exc: Exception, event_id: str | None) -> ProcessingError:
     # Log the type only: exception text from numeric code can quote signal values.
     log.error("screening stage failed", extra={"stage": stage, "event_id": event_id, "error": type(exc).__name__})
-    return DecodeError(DeadLetterReason.PROCESSING_FAILED, f"{stage} failed: {type(exc).__name__}", event_id)
+    return ProcessingError(f"{stage} failed ({type(exc).__name__}); replay the event once fixed", event_id)
 
 
 def classify(messages: Sequence[RawMessage], recorded: Sequence[tuple[str, str] | None],

@@ -81,38 +81,38 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     get = _Reader(src)
     dt, dk, dr, db, ds = Topics(), KafkaSettings(), RedisSettings(), BatchSettings(), Settings()
     topics = Topics(
-        events=get.str("TOPIC_EVENTS", dt.events),
-        verdicts=get.str("TOPIC_VERDICTS", dt.verdicts),
-        alerts=get.str("TOPIC_ALERTS", dt.alerts),
-        deadletter=get.str("TOPIC_DEADLETTER", dt.deadletter),
+        events=get.text("TOPIC_EVENTS", dt.events),
+        verdicts=get.text("TOPIC_VERDICTS", dt.verdicts),
+        alerts=get.text("TOPIC_ALERTS", dt.alerts),
+        deadletter=get.text("TOPIC_DEADLETTER", dt.deadletter),
     )
     kafka = KafkaSettings(
-        bootstrap=get.str("KAFKA_BOOTSTRAP", dk.bootstrap),
-        group_id=get.str("GROUP_ID", dk.group_id),
+        bootstrap=get.text("KAFKA_BOOTSTRAP", dk.bootstrap),
+        group_id=get.text("GROUP_ID", dk.group_id),
         topics=topics,
-        partitions=get.int("PARTITIONS", dk.partitions, lo=1, hi=1024),
-        commit_interval_s=get.float("COMMIT_INTERVAL_S", dk.commit_interval_s, lo=0.05, hi=60),
-        session_timeout_s=get.float("SESSION_TIMEOUT_S", dk.session_timeout_s, lo=6, hi=300),
+        partitions=get.integer("PARTITIONS", dk.partitions, lo=1, hi=1024),
+        commit_interval_s=get.number("COMMIT_INTERVAL_S", dk.commit_interval_s, lo=0.05, hi=60),
+        session_timeout_s=get.number("SESSION_TIMEOUT_S", dk.session_timeout_s, lo=6, hi=300),
     )
     redis = RedisSettings(
-        url=get.str("REDIS_URL", dr.url),
-        key_prefix=get.str("REDIS_PREFIX", dr.key_prefix),
-        outcome_ttl_s=get.int("OUTCOME_TTL_S", dr.outcome_ttl_s, lo=60, hi=10**9),
+        url=get.text("REDIS_URL", dr.url),
+        key_prefix=get.text("REDIS_PREFIX", dr.key_prefix),
+        outcome_ttl_s=get.integer("OUTCOME_TTL_S", dr.outcome_ttl_s, lo=60, hi=10**9),
     )
     batch = BatchSettings(
-        max_batch=get.int("MAX_BATCH", db.max_batch, lo=1, hi=4096),
-        max_wait_s=get.float("MAX_WAIT_S", db.max_wait_s, lo=0.001, hi=60),
+        max_batch=get.integer("MAX_BATCH", db.max_batch, lo=1, hi=4096),
+        max_wait_s=get.number("MAX_WAIT_S", db.max_wait_s, lo=0.001, hi=60),
     )
-    state_dir = Path(get.str("STATE_DIR", str(ds.state_dir)))
+    state_dir = Path(get.text("STATE_DIR", str(ds.state_dir)))
     return Settings(
         kafka=kafka,
         redis=redis,
         batch=batch,
-        bundle_path=Path(get.str("BUNDLE", str(state_dir / "bundles" / "untrained-r18"))),
-        engine=get.str("ENGINE", ds.engine),
+        bundle_path=Path(get.text("BUNDLE", str(state_dir / "bundles" / "untrained-r18"))),
+        engine=get.text("ENGINE", ds.engine),
         state_dir=state_dir,
-        durable_write_timeout_s=get.float("DURABLE_WRITE_TIMEOUT_S", 120.0, lo=1, hi=86400),
-        log_level=get.str("LOG_LEVEL", ds.log_level).upper(),
+        durable_write_timeout_s=get.number("DURABLE_WRITE_TIMEOUT_S", 120.0, lo=1, hi=86400),
+        log_level=get.text("LOG_LEVEL", ds.log_level).upper(),
     )
 
 
@@ -122,11 +122,11 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         value = self._env.get(ENV_PREFIX + name, "").strip()
         return value or default
 
-    def int(self, name: str, default: int, *, lo: int, hi: int) -> int:
+    def integer(self, name: str, default: int, *, lo: int, hi: int) -> int:
         raw = self._env.get(ENV_PREFIX + name, "").strip()
         if not raw:
             return default
@@ -136,7 +136,7 @@ class _Reader:
             raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
         return self._bounded(name, value, lo, hi)
 
-    def float(self, name: str, default: float, *, lo: float, hi: float) -> float:
+    def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         raw = self._env.get(ENV_PREFIX + name, "").strip()
         if not raw:
             return default

@@ -94,7 +94,7 @@ class TriageStore:
         if not event_keys:
             return []
         raw = await self._r.mget([self._k("outcome", k) for k in event_keys])
-        return [None if v is None else RecordedOutcome(*v.decode().split("|", 1)) for v in raw]
+        return [None if v is None else RecordedOutcome(*_text(v).split("|", 1)) for v in raw]
 
     async def record_outcomes(self, outcomes: Sequence[tuple[str, RecordedOutcome]], ttl_s: int) -> None:
         """Mark events done. NX: the first recorded outcome of an event id stands."""
@@ -111,10 +111,10 @@ class TriageStore:
 
     async def stats(self) -> dict[str, int]:
         raw = await self._r.hgetall(self._k("stats"))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     async def sites(self) -> list[str]:
-        return sorted(s.decode() for s in await self._r.smembers(self._k("sites")))
+        return sorted(_text(s) for s in await self._r.smembers(self._k("sites")))
 
     async def worklist(self, site: str, limit: int = 10) -> list[Alert]:
         """Open alerts of a site, top of the queue first."""
@@ -123,7 +123,7 @@ class TriageStore:
             return []
         async with self._r.pipeline(transaction=False) as pipe:
             for alert_id in ids:
-                pipe.hget(self._k("alert", alert_id.decode()), "json")
+                pipe.hget(self._k("alert", _text(alert_id)), "json")
             blobs = await pipe.execute()
         return [decode_alert(b) for b in blobs if b is not None]
 
@@ -133,3 +133,8 @@ class TriageStore:
     async def audit_length(self) -> int:
         return int(await self._r.xlen(self._k("audit")))
 
+
+
+def _text(value: object) -> str:
+    """redis-py returns bytes (decode_responses off: alert JSON stays bytes end to end)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
