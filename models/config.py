@@ -71,6 +71,12 @@ def _prob(name: str, value: object) -> float:
     return v
 
 
+def _unit(name: str, value: object) -> float:
+    v = _float(name, value)
+    _need(0.0 <= v <= 1.0, f"{name} must lie in [0, 1], got {v}")
+    return v
+
+
 def _str(name: str, value: object, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise ModelConfigError(f"{name} must be a string, got {value!r}")
@@ -200,6 +206,33 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class TaskMetrics:
+    """Validation figures of one task at its threshold; the alert policy derives expected PPV from them."""
+
+    sensitivity: float
+    specificity: float
+    prevalence: float  # in the validation data
+    n: int
+    n_pos: int
+    prauc: float | None = None
+    auroc: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("sensitivity", "specificity", "prevalence", "prauc", "auroc"):
+            if getattr(self, name) is not None:
+                _set(self, name, _unit(name, getattr(self, name)))
+        _int("n", self.n)
+        _int("n_pos", self.n_pos, lo=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> TaskMetrics:
+        return _build(cls, _strict_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One output head: a stable id (``<group>.<name>``), its operating point and alerting policy."""
 
@@ -210,6 +243,7 @@ class TaskSpec:
     alert: bool
     prevalence: float | None = None
     description: str = ""
+    metrics: TaskMetrics | None = None
 
     def __post_init__(self) -> None:
         well_formed = isinstance(self.id, str) and bool(_TASK_ID.match(self.id))
@@ -229,11 +263,15 @@ class TaskSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["group"] = self.group.value
+        d["metrics"] = None if self.metrics is None else self.metrics.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, data: object) -> TaskSpec:
-        return _build(cls, _strict_kwargs(cls, data))
+        kw = _strict_kwargs(cls, data)
+        if kw.get("metrics") is not None:
+            kw["metrics"] = TaskMetrics.from_dict(kw["metrics"])
+        return _build(cls, kw)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from schemas.messages import (
     DeadLetterReason,
     ECGEvent,
     Encoding,
+    Explanation,
     ModelRef,
     Priority,
     Quality,
@@ -48,6 +49,7 @@ from schemas.messages import (
     TaskGroup,
     TaskRef,
     Verdict,
+    Window,
 )
 
 _R = DeadLetterReason
@@ -98,8 +100,10 @@ _VERDICT_KEYS = frozenset(
 )  # fmt: skip
 _ALERT_KEYS = frozenset(
     {"schema", "alert_id", "event_id", "patient_ref", "site", "task", "score", "threshold", "priority",
-     "model", "quality", "acquired_at", "created_at", "flags"}
+     "model", "quality", "acquired_at", "created_at", "flags", "expected_ppv", "explanation"}
 )  # fmt: skip
+_EXPLANATION_KEYS = frozenset({"method", "top_leads", "windows"})
+_WINDOW_KEYS = frozenset({"lead", "start_s", "end_s", "weight"})
 _DEADLETTER_KEYS = frozenset(
     {"schema", "reason", "detail", "topic", "partition", "offset", "event_id", "payload_b64",
      "payload_bytes", "payload_truncated", "created_at", "extra"}
@@ -798,8 +802,27 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
         "acquired_at": format_timestamp(alert.acquired_at),
         "created_at": format_timestamp(alert.created_at),
         "flags": list(alert.flags),
+        "expected_ppv": None if alert.expected_ppv is None else _plain(alert.expected_ppv),
+        "explanation": None if alert.explanation is None else _explanation_to_dict(alert.explanation),
     }
     return _checked(doc, _ALERT_KEYS, _read_alert)
+
+
+def _explanation_to_dict(e: Explanation) -> dict[str, Any]:
+    windows = [{"lead": w.lead, "start_s": _plain(w.start_s), "end_s": _plain(w.end_s), "weight": _plain(w.weight)}
+               for w in e.windows]
+    return {"method": e.method, "top_leads": list(e.top_leads), "windows": windows}
+
+
+def _read_explanation(f: _Fields) -> Explanation:
+    windows = tuple(_read_window(_Fields(w, f"{f.at('windows')}[{i}]", _WINDOW_KEYS))
+                    for i, w in enumerate(f.array("windows")))
+    return Explanation(method=f.text("method", _NAME_CHARS), top_leads=f.texts("top_leads"), windows=windows)
+
+
+def _read_window(f: _Fields) -> Window:
+    return Window(lead=f.text("lead", _NAME_CHARS), start_s=f.number("start_s", 0.0),
+                  end_s=f.number("end_s", 0.0), weight=f.number("weight", 0.0, 1.0))
 
 
 def encode_alert(alert: Alert) -> bytes:
@@ -825,6 +848,9 @@ def _read_alert(f: _Fields) -> Alert:
         acquired_at=f.timestamp("acquired_at"),
         created_at=f.timestamp("created_at"),
         flags=f.texts("flags"),
+        expected_ppv=None if f.raw("expected_ppv") is None else f.number("expected_ppv", 0.0, 1.0),
+        explanation=None if f.raw("explanation") is None else _read_explanation(f.child("explanation",
+                                                                                        _EXPLANATION_KEYS)),
     )
 
 

@@ -146,6 +146,25 @@ class TaskRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """A stretch of one lead that drove a score (seconds from the record start)."""
+
+    lead: str
+    start_s: float
+    end_s: float
+    weight: float  # share of the attribution mass, 0..1
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Where in the ECG the model looked, for the clinician reading the alert."""
+
+    method: str  # e.g. "gradient_x_input"
+    top_leads: tuple[str, ...]
+    windows: tuple[Window, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     alert_id: str
     event_id: str
@@ -160,6 +179,9 @@ class Alert:
     acquired_at: datetime
     created_at: datetime
     flags: tuple[str, ...] = ()
+    # PPV expected at the site's prevalence from the bundle's validation sensitivity/specificity.
+    expected_ppv: float | None = None
+    explanation: Explanation | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -691,3 +691,29 @@ def test_load_json_schema() -> None:
         assert load_json_schema(name)["$id"] == "https://ecgscreen.example/schemas/ecg.event.v1.json"
     with pytest.raises(ECGScreenError):
         load_json_schema("../errors")
+
+
+def test_alert_with_explanation_and_expected_ppv_round_trips() -> None:
+    from jsonschema import Draft202012Validator
+
+    from schemas.codec import decode_alert, encode_alert, load_json_schema
+    from schemas.messages import (
+        Alert,
+        Explanation,
+        ModelRef,
+        Priority,
+        Quality,
+        QualityStatus,
+        TaskGroup,
+        TaskRef,
+        Window,
+    )
+
+    when = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+    alert = Alert(alert_id="al_1", event_id="e-1", patient_ref="p-1", site="s", task=TaskRef("ecg.afib", "AF",
+                  TaskGroup.ECG), score=0.9, threshold=0.5, priority=Priority.HIGH, model=ModelRef("m", "1", "0" * 64,
+                  True), quality=Quality(QualityStatus.PASS), acquired_at=when, created_at=when, expected_ppv=0.25,
+                  explanation=Explanation("gradient_x_input", ("II", "V1"), (Window("II", 1.5, 2.0, 0.4),)))
+    payload = encode_alert(alert)
+    Draft202012Validator(load_json_schema("ecg.alert/v1")).validate(orjson.loads(payload))
+    assert decode_alert(payload) == alert
