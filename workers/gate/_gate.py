@@ -22,7 +22,6 @@ F32 = NDArray[np.float32]
 _SAMPLE_LIMIT_MV = 1.0e4
 _STATUS = (QualityStatus.PASS, QualityStatus.DEGRADED, QualityStatus.REJECT)
 _BIT_WEIGHTS = np.left_shift(np.int64(1), np.arange(len(REASONS), dtype=np.int64))
-_HR_LEADS = 3  # heart rate = median over the 3 leads with the clearest QRS
 
 
 def _validate(x_mv: np.ndarray, fs: float, leads: Sequence[str]) -> np.ndarray:
@@ -41,11 +40,14 @@ def _validate(x_mv: np.ndarray, fs: float, leads: Sequence[str]) -> np.ndarray:
 def _clean(x: np.ndarray) -> tuple[F32, NDArray[np.bool_]]:
     """Finite, bounded float32 copy (non-finite -> 0) and the per-lead non-finite mask."""
     finite = np.isfinite(x)
-    clipped = np.clip(x, -_SAMPLE_LIMIT_MV, _SAMPLE_LIMIT_MV)
-    cleaned = np.where(finite, clipped, 0).astype(np.float32)
+    lead_finite = finite.all(axis=-1)
+    cleaned = x.astype(np.float32)  # a copy: the caller's array is never modified
+    if not lead_finite.all():
+        cleaned[~finite] = 0.0
+    np.clip(cleaned, -_SAMPLE_LIMIT_MV, _SAMPLE_LIMIT_MV, out=cleaned)
     if cleaned.shape[-1] == 0:  # nothing to measure: one zero sample keeps every pass well defined
         cleaned = np.zeros((*cleaned.shape[:-1], 1), dtype=np.float32)
-    return cleaned, ~finite.all(axis=-1)
+    return cleaned, ~lead_finite
 
 
 def _rails(rails_mv: np.ndarray | None, shape: tuple[int, ...]) -> F32 | None:
@@ -66,49 +68,39 @@ def _decode(bits: int) -> tuple[QualityReason, ...]:
     return tuple(reason for k, reason in enumerate(REASONS) if bits >> k & 1)
 
 
-def _heart_rate(m: _metrics.LeadMetrics, good: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Median HR over the (up to) three good leads with the highest QRS SNR; -1 when none."""
-    k = min(_HR_LEADS, good.shape[-1])
-    if k == 0:
-        return np.full(good.shape[0], -1.0)
-    order = np.argsort(-np.where(good, m.qrs.snr, -np.inf), axis=-1, kind="stable")[:, :k]
-    ok = np.take_along_axis(good, order, axis=-1)
-    hr = np.sort(np.where(ok, np.take_along_axis(m.qrs.hr_bpm, order, axis=-1), np.inf), axis=-1)
-    count = ok.sum(axis=-1)
-    median = [hr[:, 0], (hr[:, 0] + hr[:, min(1, k - 1)]) / 2.0, hr[:, min(1, k - 1)]]
-    return np.select([count == 1, count == 2, count >= 3], median, -1.0).astype(np.float64)
-
-
-def _worst(values: NDArray[np.float32], reduce: str = "max") -> NDArray[np.float64]:
-    """Per-record worst value over leads; NOT_AVAILABLE leads are ignored (-1 if all are)."""
+def _lead_max(values: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Worst (largest) value over leads; -1 (NOT_AVAILABLE) when no lead has one."""
     v = values.astype(np.float64)
-    if v.shape[-1] == 0:
-        return np.full(v.shape[0], -1.0)
-    if reduce == "min":
-        return v.min(axis=-1)
-    return v.max(axis=-1)
+    return v.max(axis=-1) if v.shape[-1] else np.full(v.shape[0], _metrics.NOT_AVAILABLE)
+
+
+def _lead_min(values: NDArray[np.float32]) -> NDArray[np.float64]:
+    v = values.astype(np.float64)
+    return v.min(axis=-1) if v.shape[-1] else np.full(v.shape[0], _metrics.NOT_AVAILABLE)
 
 
 def _indices(m: _metrics.LeadMetrics, d: Decision) -> dict[str, NDArray[np.float64]]:
     """Numeric indices behind the decision, one value per record."""
     cols = {
         "duration_s": np.full(m.rms_mv.shape[0], m.duration_s),
-        "heart_rate_bpm": _heart_rate(m, d.qrs_good),
-        "qrs_leads": d.qrs_good.sum(axis=-1).astype(np.float64),
+        # Consensus beat train over the usable leads (T waves and lead-specific noise average out).
+        "heart_rate_bpm": np.where(d.qrs_ok, d.qrs.hr_bpm, _metrics.NOT_AVAILABLE),
+        "qrs_consensus_snr": d.qrs.snr.astype(np.float64),
+        "qrs_leads": (m.qrs_ok & ~d.hard).sum(axis=-1).astype(np.float64),
         "bad_lead_count": d.hard.sum(axis=-1).astype(np.float64),
-        "best_qrs_snr": _worst(m.qrs.snr),
-        "min_rms_mv": _worst(m.rms_mv, "min"),
-        "max_abs_mv": _worst(m.max_abs_mv),
-        "max_flat_fraction": _worst(m.flat_fraction),
-        "max_clip_fraction": _worst(m.clip_fraction),
-        "max_rail_fraction": _worst(m.rail_fraction),
-        "max_wander_ratio": _worst(m.wander_ratio),
-        "max_hf_ratio": _worst(m.hf_ratio),
-        "max_powerline_ratio": _worst(m.line_ratio),
-        "max_limb_residual": _worst(m.limb_residual),
+        "best_lead_qrs_snr": _lead_max(m.qrs.snr),
+        "min_rms_mv": _lead_min(m.rms_mv),
+        "max_abs_mv": _lead_max(m.max_abs_mv),
+        "max_flat_fraction": _lead_max(m.flat_fraction),
+        "max_clip_fraction": _lead_max(m.clip_fraction),
+        "max_rail_fraction": _lead_max(m.rail_fraction),
+        "max_wander_ratio": _lead_max(m.wander_ratio),
+        "max_hf_ratio": _lead_max(m.hf_ratio),
+        "max_powerline_ratio": _lead_max(m.line_ratio),
+        "max_limb_residual": _lead_max(m.limb_residual),
     }
     # JSON-safe: no NaN/Inf ever leaves the gate.
-    return {k: np.where(np.isfinite(v), v, -1.0) for k, v in cols.items()}
+    return {k: np.where(np.isfinite(v), v, _metrics.NOT_AVAILABLE) for k, v in cols.items()}
 
 
 def _package(d: Decision, m: _metrics.LeadMetrics, leads: Sequence[str]) -> list[RecordQuality]:

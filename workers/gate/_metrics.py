@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from . import _spectral as sp
 from . import _timedomain as td
 from ._config import GateConfig
-from ._qrs import QrsStats, detect
+from ._qrs import QrsStats, lead_plausible, per_lead
 
 F32 = NDArray[np.float32]
 B1 = NDArray[np.bool_]
@@ -22,8 +22,11 @@ _EPS_MS = np.float32(1e-12)
 _NYQUIST_USE = 0.95
 # High-pass corner roll-off (Hz) for the amplitude / limb-consistency signal.
 _HP_ROLLOFF_HZ = 0.3
-# QRS band-pass roll-off (Hz) on each side: short impulse response, little ringing.
-_QRS_ROLLOFF_HZ = 3.0
+# QRS detector band-pass roll-off (Hz) on each side: short impulse response, little ringing.
+_QRS_ROLLOFF_HZ = 5.0
+# The QRS envelope is computed at <= 100 Hz (10 ms steps are plenty for beat timing); must stay
+# above 2 x (detector band top + roll-off) = 60 Hz.
+_ENVELOPE_RATE_HZ = 100.0
 # Side bands for mains prominence: from 2x to 5x the half width away from the line.
 _SIDE_INNER, _SIDE_OUTER = 2.0, 5.0
 NOT_AVAILABLE = -1.0
@@ -43,8 +46,12 @@ class LeadMetrics:
     hf_ratio: F32  # NOT_AVAILABLE when the band does not fit below Nyquist
     line_ratio: F32  # NOT_AVAILABLE when no mains frequency fits
     qrs: QrsStats
+    qrs_ok: B1  # plausible QRS train on this lead alone
+    qrs_env: F32  # (B, L, N) peak-normalised QRS envelopes, input to the cross-lead consensus
     limb_residual: F32  # NOT_AVAILABLE for leads without a formula
     duration_s: float
+    qrs_duration_s: float  # duration searched for beats (edges excluded)
+    env_fs: float  # sampling rate of qrs_env
 
 
 def _ratio(num: F32, den: F32) -> F32:
@@ -60,13 +67,14 @@ def _masked_density(power: F32, mask: NDArray[np.bool_], n: int) -> tuple[F32, i
 
 def _hf_ratio(spec: sp.Spectrum, fs: float, qrs_density: F32, cfg: GateConfig) -> F32:
     lo, hi = cfg.hf_band_hz[0], min(cfg.hf_band_hz[1], _NYQUIST_USE * fs / 2.0)
-    hf = sp.band_mask(spec.freqs, lo, hi) & ~sp.line_mask(
-        spec.freqs, cfg.line_freqs_hz, 2.0 * cfg.line_half_width_hz
-    )
+    hf = sp.band_mask(spec.freqs, lo, hi) & ~sp.line_mask(spec.freqs, cfg.line_freqs_hz, 2.0 * cfg.line_half_width_hz)
     density, bins = _masked_density(spec.power, hf, spec.n)
     if hi - lo < cfg.hf_min_width_hz or bins == 0:
         return np.full(qrs_density.shape, NOT_AVAILABLE, dtype=np.float32)
-    return _ratio(density, qrs_density)
+    # A band cut short by Nyquist holds only the ECG's own 40-50 Hz tail, whose density is
+    # higher than the 40-150 Hz average: rescale so that one set of thresholds fits all rates.
+    scale = 1.0 if hi >= cfg.hf_band_hz[1] else 1.0 / cfg.hf_truncated_scale
+    return _ratio(density, qrs_density) * np.float32(scale)
 
 
 def _line_ratio(spec: sp.Spectrum, fs: float, qrs_ms: F32, cfg: GateConfig) -> F32:
@@ -128,9 +136,12 @@ def compute(
     diag_ms, qrs_ms, wander_ms = bands[..., 0], bands[..., 1], bands[..., 2]
     qrs_density = (qrs_ms / max(int(qrs_mask.sum()), 1)).astype(np.float32)
     hp = sp.fft_filter(spec, sp.raised_cosine_band(f, cfg.wander_cutoff_hz, np.inf, _HP_ROLLOFF_HZ))
-    bp = sp.fft_filter(spec, sp.raised_cosine_band(f, *cfg.qrs_band_hz, _QRS_ROLLOFF_HZ))
+    detect_band = sp.raised_cosine_band(f, *cfg.qrs_detect_band_hz, _QRS_ROLLOFF_HZ)
+    bp, env_fs = sp.fft_filter_resampled(spec, detect_band, fs, _ENVELOPE_RATE_HZ)
     flat, clip, rail = _time_metrics(x, fs, rails, cfg)
     duration_s = n_real / fs
+    qrs_duration_s = max(duration_s - 2 * cfg.qrs_edge_s, 0.0)
+    qrs, qrs_env = per_lead(bp, env_fs, qrs_duration_s, cfg)
     return LeadMetrics(
         non_finite=non_finite,
         rms_mv=np.sqrt(diag_ms),
@@ -141,7 +152,11 @@ def compute(
         wander_ratio=_ratio(wander_ms, qrs_ms),
         hf_ratio=_hf_ratio(spec, fs, qrs_density, cfg),
         line_ratio=_line_ratio(spec, fs, qrs_ms, cfg),
-        qrs=detect(bp, fs, max(duration_s - 2 * cfg.qrs_edge_s, 0.0), cfg),
+        qrs=qrs,
+        qrs_ok=lead_plausible(qrs, cfg),
+        qrs_env=qrs_env,
         limb_residual=_limb_residual(hp, leads, cfg),
         duration_s=duration_s,
+        qrs_duration_s=qrs_duration_s,
+        env_fs=env_fs,
     )
