@@ -3,12 +3,15 @@
 Starts a broker and Redis, publishes a feed (real PTB-XL records when
 ../shared/data exists, else simulated 12-lead ECGs) mixed with faulty signals,
 malformed payloads and duplicate deliveries, runs the worker as its own process,
-waits until every event has an outcome, and accounts for each one.
+waits until every event has an outcome, and accounts for each one; it ends with
+the triage stats and two alerts as a subscriber of the alert topic sees them,
+the first also as FHIR R4.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -24,9 +27,13 @@ import numpy as np
 from ops.feed import Record, SignalFault, malformed_payloads, ptbxl_records, simulated_records, with_fault
 from ops.outputs import OutputCollector
 from ops.stack import StackInfo, embedded_stack
+from ops.triage_cmd import stats_lines
 from schemas.messages import Alert
+from workers.fhir import alert_bundle, to_json
 from workers.settings import Settings, Topics, load_settings
+from workers.subscribers import Subscription, alert_line, consume
 from workers.triage import TriageStore
+from workers.triage_stats import triage_stats
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, o
             say("worker: ready; publishing the feed")
             summary = asyncio.run(_exchange(settings, feed, cfg))
         summary.update(asyncio.run(_triage_view(settings)))
+        summary.update(asyncio.run(_subscriber_view(settings)))
     print_summary(summary, say)
     return summary
 
@@ -216,16 +224,31 @@ def _account(feed: Feed, out: OutputCollector, sent_at: dict[str, float]) -> dic
 
 
 async def _triage_view(settings: Settings) -> dict[str, object]:
-    store = TriageStore.from_url(settings.redis.url, settings.redis.key_prefix, actor="demo")
+    store = TriageStore.from_settings(settings.redis, settings.policy, actor="demo")
     try:
         top: list[Alert] = []
         for site in await store.sites():
             top += await store.worklist(site, limit=5)
         sizes = {site: await store.worklist_size(site) for site in await store.sites()}
+        stats = triage_stats(await store.stats_rows())
         return {"triage_open_by_site": sizes, "triage_counters": await store.stats(),
-                "triage_top": [_alert_line(a) for a in top[:8]]}
+                "triage_top": [_alert_line(a) for a in top[:8]],
+                "triage_stats": [dataclasses.asdict(x) for x in stats], "triage_stats_table": stats_lines(stats)}
     finally:
         await store.close()
+
+
+async def _subscriber_view(settings: Settings) -> dict[str, object]:
+    """What the alert topic's second users see: two alerts tailed, the first as FHIR R4."""
+    tailed: list[Alert] = []
+
+    async def keep(alert: Alert) -> None:
+        tailed.append(alert)
+
+    sub = Subscription(settings.kafka.bootstrap, settings.kafka.topics.alerts, max_alerts=2, idle_timeout_s=5.0)
+    await consume(sub, keep)
+    return {"tailed_alerts": [alert_line(a) for a in tailed],
+            "fhir_example": alert_bundle(tailed[0]) if tailed else None}
 
 
 def _alert_line(a: Alert) -> str:
@@ -248,5 +271,14 @@ def print_summary(s: dict[str, object], say: Callable[[str], None] = print) -> N
     say("top of the triage queue:")
     for line in s.get("triage_top", []) or []:  # type: ignore[attr-defined]
         say(f"  {line}")
+    say("triage stats (ecgscreen triage stats):")
+    for line in s.get("triage_stats_table", []) or []:  # type: ignore[attr-defined]
+        say(f"  {line}")
+    say("two alerts from the alert topic (ecgscreen alerts tail):")
+    for line in s.get("tailed_alerts", []) or ["(no alerts)"]:  # type: ignore[attr-defined]
+        say(f"  {line}")
+    if s.get("fhir_example") is not None:
+        say("the first as FHIR R4 (ecgscreen alerts export-fhir):")
+        say(to_json(s["fhir_example"]).decode())  # type: ignore[arg-type]
     if banner:
         say(banner.strip())

@@ -98,13 +98,16 @@ def start_broker(port: int, state_dir: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_redis(port: int, state_dir: Path) -> subprocess.Popen[bytes]:
+def start_redis(port: int, state_dir: Path, appendfsync: str = "everysec") -> subprocess.Popen[bytes]:
+    """Redis with AOF on. ``everysec`` (default): an acknowledged write survives a Redis
+    crash or restart and loses at most the last second on a power cut (the OS had not
+    flushed it); ``always`` fsyncs before each reply, so no acknowledged write is lost."""
+    if appendfsync not in ("everysec", "always"):
+        raise StackError(f"appendfsync must be everysec or always, not {appendfsync!r}")
     data = state_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    # AOF with fsync every second: an acknowledged triage entry survives a Redis
-    # restart, losing at most the last second on a power cut.
     cmd = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
-           "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"]
+           "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--daemonize", "no"]
     proc = _spawn(cmd, state_dir / "redis.log")
     _wait_port(port, proc, "Redis server")
     return proc

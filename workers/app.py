@@ -7,8 +7,10 @@ event produced is durable:
    an event id reused for other content is dead-lettered);
 2. screen the fresh messages in a worker thread (the model must not block the
    event loop, or heartbeats stop and the group rebalances);
-3. add alerts to the triage queue (idempotent Lua script);
-4. publish alerts, verdicts and dead letters and wait for the broker's acks;
+3. admit alerts to the triage queue (one idempotent Lua script each: dedup per
+   patient and task, the site's rate limit, the audit entry);
+4. publish the admitted alerts (new, held, or the updated open alert; not the
+   suppressed duplicates), verdicts and dead letters, and wait for the broker's acks;
 5. record each event's outcome in Redis;
 6. return, and only then ``take_events`` acks the batch for commit.
 
@@ -31,10 +33,11 @@ import faust
 
 from schemas.codec import encode_alert, encode_deadletter, encode_verdict
 from schemas.errors import ECGScreenError
-from schemas.messages import DeadLetterReason
+from schemas.messages import Alert, DeadLetterReason
 from workers.pipeline import Outcome, ProcessingError, RawMessage, Screener, classify, dead
+from workers.policy import Admission
 from workers.settings import Settings
-from workers.triage import RecordedOutcome, TriageStore
+from workers.triage import Admitted, RecordedOutcome, TriageStore
 
 log = logging.getLogger("ecgscreen.worker")
 T = TypeVar("T")
@@ -54,7 +57,7 @@ class BatchRunner:
     @property
     def triage(self) -> TriageStore:
         if self._triage is None:
-            self._triage = TriageStore.from_url(self._settings.redis.url, self._settings.redis.key_prefix)
+            self._triage = TriageStore.from_settings(self._settings.redis, self._settings.policy)
         return self._triage
 
     async def close(self) -> None:
@@ -102,23 +105,26 @@ class BatchRunner:
 
     async def _persist(self, outcomes: Sequence[Outcome], dups: int) -> None:
         alerts = [a for o in outcomes for a in o.alerts]
-        new = await self._durably("triage", lambda: self.triage.add_alerts(alerts))
-        await self._durably("publish", lambda: self._publish(outcomes))
+        # The policy's dedup and rate limit run here, inside the idempotent add script:
+        # a replayed batch gets the same admissions back and republishes the same alerts.
+        admitted = await self._durably("triage", lambda: self.triage.add_alerts(alerts))
+        await self._durably("publish", lambda: self._publish(outcomes, _to_publish(admitted)))
         done = [(o.message.key, RecordedOutcome(o.message.digest, o.kind)) for o in outcomes]
         ttl = self._settings.redis.outcome_ttl_s
         await self._durably("record outcomes", lambda: self.triage.record_outcomes(done, ttl))
+        new = sum(a.admission is Admission.ADDED and not a.replay for a in admitted)
         await self._durably("stats", lambda: self._count(dups, new))
 
     async def _count(self, dups: int, new_triage: int) -> None:
         await self.triage.count("duplicates_skipped", dups)
         await self.triage.count("triage_entries_added", new_triage)
 
-    async def _publish(self, outcomes: Sequence[Outcome]) -> None:
+    async def _publish(self, outcomes: Sequence[Outcome], alerts: Sequence[Alert]) -> None:
         topics = self._settings.kafka.topics
         sends: list[Awaitable[Any]] = []
+        for alert in alerts:
+            sends.append(await self._send(topics.alerts, alert.patient_ref, encode_alert(alert)))
         for o in outcomes:
-            for alert in o.alerts:
-                sends.append(await self._send(topics.alerts, alert.patient_ref, encode_alert(alert)))
             if o.verdict is not None:
                 sends.append(await self._send(topics.verdicts, o.verdict.event_id, encode_verdict(o.verdict)))
             elif o.deadletter is not None:
@@ -191,6 +197,12 @@ def create_app(settings: Settings, screener: Screener) -> faust.App:
         await runner.close()
 
     return app
+
+
+def _to_publish(admitted: Sequence[Admitted]) -> list[Alert]:
+    """The alerts subscribers see: new, held and updated ones, each target once (its latest view)."""
+    latest = {a.target: a.alert for a in admitted if a.publish}
+    return list(latest.values())
 
 
 def _raw(event: faust.EventT[Any]) -> RawMessage:

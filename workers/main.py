@@ -30,7 +30,7 @@ def build_screener(settings: Settings) -> Screener:
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
     if not bundle.config.trained:
         log.warning("bundle is UNTRAINED: its scores and alerts mean nothing clinically")
-    return Screener(bundle=bundle, engine=engine)
+    return Screener(bundle=bundle, engine=engine, policy=settings.policy)
 
 
 def run_worker(settings: Settings) -> None:

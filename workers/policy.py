@@ -1,21 +1,46 @@
-"""Alert policy: which scores become alerts, for whom, and how urgent.
+"""Alert policy: which scores become alerts, for whom, how urgent, and how often.
 
 Pure functions over the decoded event, its quality and the model's scores, so
 the rules can be read and tested as tables. Eligibility follows what cleared
 ECG-AI screening tools do: adults only, no result on poor signal, paced rhythms
 excluded where the task cannot be read under pacing.
+
+Two rules need state that lives in Redis (the triage store runs them in one Lua
+script per alert); their decision is :func:`admit`, a pure function the Lua
+script mirrors and :func:`simulate` replays over a sequence of alerts:
+
+- dedup: at most one open alert per (site, patient, task) episode within a
+  window on *event time* (``acquired_at``); a later higher score updates it;
+- rate limit: at most N alerts per site per sliding hour reach the worklist;
+  the excess is HELD (kept, counted, released when the hour frees up). Urgent
+  alerts are never held.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 
 from models.config import TaskSpec
-from schemas.messages import Alert, ECGEvent, ModelRef, Priority, Quality, QualityStatus, TaskGroup, TaskRef
+from schemas.messages import (
+    Alert,
+    ECGEvent,
+    Explanation,
+    ModelRef,
+    Priority,
+    Quality,
+    QualityStatus,
+    TaskGroup,
+    TaskRef,
+)
+
+HOUR_MS = 3_600_000
+# Worklist order: lower band first (urgent = 0), see ``TriageStore``.
+PRIORITY_BAND = MappingProxyType({Priority.URGENT: 0, Priority.HIGH: 1, Priority.ROUTINE: 2})
 
 
 class AlertFlag(StrEnum):
@@ -25,6 +50,10 @@ class AlertFlag(StrEnum):
     DEGRADED_QUALITY = "degraded_quality"
     LEADS_MASKED = "leads_masked"
     AGE_UNKNOWN = "age_unknown"
+    # acquired_at lies more than max_past_s before processing: a backfill or a long outage.
+    LATE_EVENT = "late_event"
+    # acquired_at lies more than max_future_s after processing: the device clock is wrong.
+    CLOCK_SKEW = "clock_skew"
 
 
 class Ineligible(StrEnum):
@@ -32,20 +61,66 @@ class Ineligible(StrEnum):
 
     QUALITY = "quality"
     MINOR = "minor"
+    AGE_ABOVE = "age_above"
     PACED = "paced"
     NOT_ALERTING = "not_alerting"
+    SITE_DISABLED = "site_disabled"
+
+
+class Admission(StrEnum):
+    """What the triage queue did with a candidate alert."""
+
+    ADDED = "added"  # a new worklist entry
+    HELD = "held"  # a new entry, held back by the site's rate limit
+    UPDATED = "updated"  # a higher score for the open alert of its episode
+    SUPPRESSED = "suppressed"  # no higher than the open alert of its episode: nothing new
+
+
+@dataclass(frozen=True, slots=True)
+class SitePolicy:
+    """Per-site overrides of the bundle's and the policy's defaults (None: keep the default)."""
+
+    prevalence: Mapping[str, float] = field(default_factory=dict)  # task id -> prevalence at this site
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # task id -> operating threshold
+    disabled_tasks: frozenset[str] = frozenset()
+    max_alerts_per_hour: int | None = None
+    dedup_window_s: float | None = None
+    min_age_years: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     # Screening models are validated on adults; paediatric ECG norms differ.
     min_age_years: float = 18.0
+    max_age_years: float | None = None
     # Pacing hides QRS/ST morphology; rhythm tasks stay readable (atrial activity).
     paced_allowed_tasks: frozenset[str] = frozenset({"ecg.afib", "ecg.aflt"})
     # Tasks where a confident positive should reach a clinician today.
     urgent_tasks: frozenset[str] = frozenset({"ecg.stemi", "ecg.mi", "ecg.afib", "ecg.vt"})
     # Fraction of the way from threshold to 1.0 at which a score counts as confident.
     confident_margin: float = 0.5
+    # One open alert per patient and task per 3 days of ECGs: a stay's serial ECGs are one finding.
+    dedup_window_s: float = 72 * 3600.0
+    # Tolerated device clock lead; beyond it the event time is not trusted for dedup.
+    max_future_s: float = 600.0
+    # Older events still alert (a finding is a finding) but never above routine.
+    max_past_s: float = 14 * 86400.0
+    max_alerts_per_hour: int | None = None  # default for sites without their own limit
+    sites: Mapping[str, SitePolicy] = field(default_factory=dict)
+
+    def site(self, site: str) -> SitePolicy:
+        return self.sites.get(site, _NO_OVERRIDES)
+
+    def window_ms(self, site: str) -> int:
+        own = self.site(site).dedup_window_s
+        return int((self.dedup_window_s if own is None else own) * 1000)
+
+    def rate_limit(self, site: str) -> int | None:
+        own = self.site(site).max_alerts_per_hour
+        return self.max_alerts_per_hour if own is None else own
+
+
+_NO_OVERRIDES = SitePolicy()
 
 
 def alert_id(event_id: str, task_id: str, model_version: str) -> str:
@@ -54,24 +129,56 @@ def alert_id(event_id: str, task_id: str, model_version: str) -> str:
     return f"al_{digest[:32]}"
 
 
+def episode_key(site: str, patient_ref: str, task_id: str) -> str:
+    """Names a (site, patient, task) episode in Redis without putting the patient ref in a key name."""
+    return hashlib.sha256(f"{site}\x1f{patient_ref}\x1f{task_id}".encode()).hexdigest()[:32]
+
+
+def threshold(task: TaskSpec, site: SitePolicy) -> float:
+    return site.thresholds.get(task.id, task.threshold)
+
+
 def eligibility(event: ECGEvent, quality: Quality, task: TaskSpec, config: PolicyConfig) -> Ineligible | None:
     """None when the task may alert on this event, else the first rule that forbids it."""
+    site = config.site(event.source.site)
     if not task.alert:
         return Ineligible.NOT_ALERTING
+    if task.id in site.disabled_tasks:
+        return Ineligible.SITE_DISABLED
     if quality.status is QualityStatus.REJECT:
         return Ineligible.QUALITY
     # Echo and rare-disease screens were validated on clean ECGs only.
     if quality.status is QualityStatus.DEGRADED and task.group is not TaskGroup.ECG:
         return Ineligible.QUALITY
-    if event.age_years is not None and event.age_years < config.min_age_years:
-        return Ineligible.MINOR
+    min_age = config.min_age_years if site.min_age_years is None else site.min_age_years
+    age = _age_rule(event.age_years, min_age, config.max_age_years)
+    if age is not None:
+        return age
     if event.pacemaker and task.id not in config.paced_allowed_tasks:
         return Ineligible.PACED
     return None
 
 
-def priority(task: TaskSpec, score: float, config: PolicyConfig) -> Priority:
-    confident = score >= task.threshold + config.confident_margin * (1.0 - task.threshold)
+def _age_rule(age: float | None, lo: float, hi: float | None) -> Ineligible | None:
+    if age is None:
+        return None  # unknown age alerts, flagged
+    if age < lo:
+        return Ineligible.MINOR
+    return Ineligible.AGE_ABOVE if hi is not None and age > hi else None
+
+
+def timing_flag(acquired_at: datetime, now: datetime, config: PolicyConfig) -> AlertFlag | None:
+    """The stated rule for event times far from the worker's clock."""
+    if acquired_at - now > timedelta(seconds=config.max_future_s):
+        return AlertFlag.CLOCK_SKEW
+    if now - acquired_at > timedelta(seconds=config.max_past_s):
+        return AlertFlag.LATE_EVENT
+    return None
+
+
+def priority(task: TaskSpec, score: float, config: PolicyConfig, thr: float | None = None) -> Priority:
+    thr = task.threshold if thr is None else thr
+    confident = score >= thr + config.confident_margin * (1.0 - thr)
     if confident and task.id in config.urgent_tasks:
         return Priority.URGENT
     if confident or task.group is TaskGroup.RARE:
@@ -79,7 +186,23 @@ def priority(task: TaskSpec, score: float, config: PolicyConfig) -> Priority:
     return Priority.ROUTINE
 
 
-def flags(event: ECGEvent, quality: Quality, model: ModelRef, masked: Sequence[str]) -> tuple[str, ...]:
+def expected_ppv(task: TaskSpec, prevalence: float | None) -> float | None:
+    """Bayes: sens*p / (sens*p + (1-spec)*(1-p)); None without validation metrics or prevalence."""
+    m = task.metrics
+    if m is None or prevalence is None:
+        return None
+    true_pos = m.sensitivity * prevalence
+    false_pos = (1.0 - m.specificity) * (1.0 - prevalence)
+    return None if true_pos + false_pos == 0 else true_pos / (true_pos + false_pos)
+
+
+def site_prevalence(task: TaskSpec, site: SitePolicy) -> float | None:
+    """The site's configured prevalence, else the bundle's default for the task."""
+    return site.prevalence.get(task.id, task.prevalence)
+
+
+def flags(event: ECGEvent, quality: Quality, model: ModelRef, masked: Sequence[str],
+          timing: AlertFlag | None = None) -> tuple[str, ...]:
     out: list[AlertFlag] = []
     if not model.trained:
         out.append(AlertFlag.UNTRAINED_MODEL)
@@ -89,6 +212,8 @@ def flags(event: ECGEvent, quality: Quality, model: ModelRef, masked: Sequence[s
         out.append(AlertFlag.LEADS_MASKED)
     if event.age_years is None:
         out.append(AlertFlag.AGE_UNKNOWN)
+    if timing is not None:
+        out.append(timing)
     return tuple(f.value for f in out)
 
 
@@ -101,19 +226,114 @@ def decide_alerts(
     now: datetime,
     masked: Sequence[str] = (),
     config: PolicyConfig = PolicyConfig(),
+    explanations: Mapping[str, Explanation] | None = None,
 ) -> list[Alert]:
-    """Alerts for every eligible task whose score reaches its threshold."""
-    alert_flags = flags(event, quality, model, masked)
+    """Candidate alerts for every eligible task whose score reaches its (site's) threshold."""
+    site = config.site(event.source.site)
+    timing = timing_flag(event.acquired_at, now, config)
+    alert_flags = flags(event, quality, model, masked, timing)
     alerts = []
     for task in tasks:
-        score = scores.get(task.id)
-        if score is None or score < task.threshold or eligibility(event, quality, task, config):
+        score, thr = scores.get(task.id), threshold(task, site)
+        if score is None or score < thr or eligibility(event, quality, task, config):
             continue
+        prio = priority(task, score, config, thr)
         alerts.append(Alert(
             alert_id=alert_id(event.event_id, task.id, model.version),
             event_id=event.event_id, patient_ref=event.patient_ref, site=event.source.site,
-            task=TaskRef(task.id, task.name, task.group), score=float(score), threshold=task.threshold,
-            priority=priority(task, score, config), model=model, quality=quality,
-            acquired_at=event.acquired_at, created_at=now, flags=alert_flags,
+            task=TaskRef(task.id, task.name, task.group), score=float(score), threshold=thr,
+            # A late event is no emergency any more: it waits its turn.
+            priority=Priority.ROUTINE if timing is AlertFlag.LATE_EVENT else prio,
+            model=model, quality=quality, acquired_at=event.acquired_at, created_at=now, flags=alert_flags,
+            expected_ppv=expected_ppv(task, site_prevalence(task, site)),
+            explanation=(explanations or {}).get(task.id),
         ))
     return alerts
+
+
+def dedup_time_ms(alert: Alert) -> int:
+    """The event time dedup windows are measured on; a skewed device clock falls back to arrival."""
+    when = alert.created_at if AlertFlag.CLOCK_SKEW.value in alert.flags else alert.acquired_at
+    return int(when.timestamp() * 1000)
+
+
+# --- admission: the decision the triage store's Lua script makes -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAlert:
+    """An alert of an episode as the add-alert script sees it."""
+
+    alert_id: str
+    anchor_ms: int  # dedup time of the event that raised it
+    score: float  # highest score so far
+    resolved: bool = False
+
+
+def nearest_open(event_ms: int, alerts: Sequence[OpenAlert], window_ms: int) -> OpenAlert | None:
+    """The unresolved alert of the episode whose anchor is nearest the event, within the window.
+
+    Late events count: an event before the anchor but within the window belongs to it too.
+    Ties go to the earlier alert (then the smaller id, as Redis orders a sorted set).
+    """
+    best: OpenAlert | None = None
+    for a in sorted(alerts, key=lambda x: (x.anchor_ms, x.alert_id)):
+        gap = abs(event_ms - a.anchor_ms)
+        if not a.resolved and gap < window_ms and (best is None or gap < abs(event_ms - best.anchor_ms)):
+            best = a
+    return best
+
+
+def admit(score: float, prio: Priority, match: OpenAlert | None, used_last_hour: int,
+          limit: int | None) -> Admission:
+    """Dedup first (an update is no new entry), then the site's rate limit."""
+    if match is not None:
+        return Admission.UPDATED if score > match.score else Admission.SUPPRESSED
+    if limit is not None and prio is not Priority.URGENT and used_last_hour >= limit:
+        return Admission.HELD
+    return Admission.ADDED
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    alert_id: str
+    episode: str
+    event_ms: int
+    score: float
+    priority: Priority = Priority.ROUTINE
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admission: Admission
+    target: str  # the alert the candidate became or was merged into
+    replay: bool = False
+
+
+def simulate(candidates: Sequence[Candidate], window_ms: int, limit: int | None = None,
+             resolved: frozenset[str] = frozenset()) -> list[Decision]:
+    """The triage store's admission over a sequence, all within one hour: the reference model."""
+    episodes: dict[str, dict[str, OpenAlert]] = {}
+    seen: dict[str, Decision] = {}
+    used, out = 0, []
+    for c in candidates:
+        if c.alert_id in seen:
+            out.append(Decision(seen[c.alert_id].admission, seen[c.alert_id].target, replay=True))
+            continue
+        opens = episodes.setdefault(c.episode, {})
+        current = [OpenAlert(a.alert_id, a.anchor_ms, a.score, a.alert_id in resolved) for a in opens.values()]
+        match = nearest_open(c.event_ms, current, window_ms)
+        decision = _apply(c, match, admit(c.score, c.priority, match, used, limit), opens)
+        used += decision.admission is Admission.ADDED
+        seen[c.alert_id] = decision
+        out.append(decision)
+    return out
+
+
+def _apply(c: Candidate, match: OpenAlert | None, action: Admission, opens: dict[str, OpenAlert]) -> Decision:
+    if match is None:
+        opens[c.alert_id] = OpenAlert(c.alert_id, c.event_ms, c.score)
+        return Decision(action, c.alert_id)
+    if action is Admission.UPDATED:
+        opens[match.alert_id] = OpenAlert(match.alert_id, match.anchor_ms, c.score)
+    return Decision(action, match.alert_id)
