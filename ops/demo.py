@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +110,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, o
     feed = build_feed(records, cfg.seed)
     say(f"feed: {len(feed.items)} messages ({len(feed.unique_keys)} distinct events) from {origin}")
     topics = Topics()
+    # Each demo starts from an empty Redis: the broker forgets everything on restart
+    # (memory storage), so a kept AOF would mark the new feed as already processed.
+    shutil.rmtree(cfg.state_dir / "stack", ignore_errors=True)
+    (cfg.state_dir / "worker.log").unlink(missing_ok=True)
     with embedded_stack(cfg.state_dir / "stack", topics.all(), cfg.partitions) as stack:
         say(f"stack: broker {stack.kafka_bootstrap}, redis {stack.redis_url}")
         env = _worker_env(cfg, stack)
