@@ -1,6 +1,8 @@
-"""ECGCLIP signal side: configs, task catalog, 1D ResNet, bundles, preprocessing, inference engines.
+"""ECGCLIP: configs, task catalog, signal and text towers, bundles, calibration, preprocessing, engines.
 
-Owns tensors and weights; knows nothing of Kafka or Redis. Import the submodule you need
-(``models.config`` and ``models.catalog`` do not import torch; ``models.bundle`` and
-``models.engine`` do), so this package import stays free of heavy side effects.
+Owns tensors and weights; knows nothing of Kafka or Redis. Import the submodule you need:
+``models.config``, ``models.catalog``, ``models.calibration``, ``models.tokenizer`` and
+``models.preprocess`` do not import torch (the worker and tools can read configs, calibrate
+and tokenize without the heavy stack); ``models.bundle``, ``models.engine``, ``models.explain``
+and the networks do. See ``models/README.md`` for the design and what has been run where.
 """

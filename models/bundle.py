@@ -1,9 +1,13 @@
 """Model bundles: a self-describing, hash-verified directory, loaded strictly and without pickle.
 
-Layout::
+Layout (schema version 2; version 1 is the same without a text tower)::
 
-    <bundle>/bundle.json          BundleConfig.to_dict() (sorted keys, 2-space indent)
-    <bundle>/weights.safetensors  the state dict (safetensors: no code execution on load)
+    <bundle>/bundle.json          BundleConfig.to_dict() (sorted keys, 2-space indent): schema
+                                  version, encoder shape, input spec, tasks (head kind, prompts,
+                                  threshold, calibration, target, validation metrics), provenance
+    <bundle>/weights.safetensors  the scorer's state dict, plus ``text.*`` when the text tower
+                                  travels (safetensors: no code execution on load)
+    <bundle>/tokenizer.json       the text tower's BPE (only with a text tower)
     <bundle>/SHA256SUMS           ``sha256sum`` lines for every other file in the directory
 
 The bundle's identity is sha256(SHA256SUMS): it pins every byte of config and weights, and is
@@ -18,20 +22,25 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from models.calibration import Calibrator
 from models.catalog import default_tasks
 from models.config import (
     BUNDLE_SCHEMA_VERSION,
+    SUPPORTED_SCHEMA_VERSIONS,
     Arch,
     BundleConfig,
     EncoderConfig,
@@ -39,14 +48,18 @@ from models.config import (
     ModelConfigError,
     TaskSpec,
 )
-from models.ecgclip import ECGCLIPSignalModel
+from models.ecgclip import ECGCLIP, ECGCLIPSignalModel
+from models.text import TextTower, TransformerTextEncoder
+from models.tokenizer import BPETokenizer, TokenizerError
 from schemas.errors import ECGScreenError
 from schemas.messages import ModelRef
 
 CONFIG_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
 SUMS_FILE = "SHA256SUMS"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+TEXT_PREFIX = "text."
 
 # sha256sum's text (two spaces) and binary (" *") forms; plain names only, no paths.
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *]([A-Za-z0-9._-]+)$")
@@ -62,6 +75,8 @@ class BundleReason(StrEnum):
     INVALID_CONFIG = "invalid_config"
     INVALID_WEIGHTS = "invalid_weights"
     SHAPE_MISMATCH = "shape_mismatch"
+    MISSING_TASK = "missing_task"
+    INVALID_TOKENIZER = "invalid_tokenizer"
     ALREADY_EXISTS = "already_exists"
 
 
@@ -72,10 +87,21 @@ class BundleError(ECGScreenError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: compare/hash by identity (holds an nn.Module)
 class Bundle:
+    """A loaded, verified bundle. ``model`` returns logits; ``calibrate`` turns them into probabilities."""
+
     path: Path
     config: BundleConfig
     model: ECGCLIPSignalModel
     sha256: str
+    text: TextTower | None = field(default=None)
+
+    @cached_property
+    def calibrator(self) -> Calibrator:
+        return Calibrator(self.config.tasks)
+
+    def calibrate(self, logits: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """(B, T) head logits -> (B, T) calibrated probabilities, per the tasks' calibrations."""
+        return self.calibrator(logits)
 
     @property
     def ref(self) -> ModelRef:
@@ -94,10 +120,24 @@ def _sha256(data: bytes) -> str:
 # --- saving ------------------------------------------------------------------------------------
 
 
-def _state_bytes(config: BundleConfig, model: ECGCLIPSignalModel) -> bytes:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _check_state(config, state)  # never write a bundle that could not be loaded back
-    return st_save(state, metadata={"format": "pt"})
+def _full_state(model: ECGCLIPSignalModel, text: TextTower | None) -> dict[str, torch.Tensor]:
+    state = dict(model.state_dict())
+    if text is not None:
+        state.update({TEXT_PREFIX + k: v for k, v in text.state_dict().items()})
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _tokenizer_of(config: BundleConfig, text: TextTower | None) -> BPETokenizer | None:
+    """The tokenizer to write, checking the text tower and ``config.text`` agree."""
+    if (config.text is None) != (text is None):
+        raise BundleError(BundleReason.INVALID_CONFIG, "config.text must be set exactly when a text tower is saved")
+    if text is None:
+        return None
+    encoder = text.encoder
+    if not isinstance(encoder, TransformerTextEncoder) or encoder.cfg != config.text:
+        raise BundleError(BundleReason.INVALID_CONFIG,
+                          "only the built-in TransformerTextEncoder with config.text travels in a bundle")
+    return encoder.tokenizer
 
 
 def _config_bytes(config: BundleConfig) -> bytes:
@@ -125,15 +165,22 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
 
 
 def save_bundle(
-    path: str | os.PathLike[str], config: BundleConfig, model: ECGCLIPSignalModel, *, overwrite: bool = False
+    path: str | os.PathLike[str], config: BundleConfig, model: ECGCLIPSignalModel, *,
+    text: TextTower | None = None, overwrite: bool = False,
 ) -> str:
-    """Write ``model`` + ``config`` as a bundle directory at ``path``; return the bundle sha256.
+    """Write ``model`` (+ ``text`` tower) + ``config`` as a bundle directory at ``path``; return its sha256.
 
     Files are written into a sibling temp directory and renamed into place, so a reader never
-    sees a half-written bundle.
+    sees a half-written bundle. The state is checked against the config first: a bundle that
+    could not be loaded back is never written.
     """
     path = Path(path)
-    files = {CONFIG_FILE: _config_bytes(config), WEIGHTS_FILE: _state_bytes(config, model)}
+    tokenizer = _tokenizer_of(config, text)
+    state = _full_state(model, text)
+    _check_state(config, state, tokenizer)
+    files = {CONFIG_FILE: _config_bytes(config), WEIGHTS_FILE: st_save(state, metadata={"format": "pt"})}
+    if tokenizer is not None:
+        files[TOKENIZER_FILE] = tokenizer.to_json()
     sums = _sums_bytes(files)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -191,20 +238,46 @@ def _parse_config(data: bytes) -> BundleConfig:
         raise BundleError(BundleReason.INVALID_CONFIG, f"{CONFIG_FILE} must hold a JSON object")
     # Version first: a future schema may differ in any key, and deserves the clearer refusal.
     version = raw.get("schema_version")
-    if version != BUNDLE_SCHEMA_VERSION:
+    if version not in SUPPORTED_SCHEMA_VERSIONS or isinstance(version, bool):
         raise BundleError(
             BundleReason.UNSUPPORTED_VERSION,
-            f"schema_version {version!r}; this build reads only {BUNDLE_SCHEMA_VERSION}",
+            f"schema_version {version!r}; this build reads {list(SUPPORTED_SCHEMA_VERSIONS)}: "
+            "upgrade ecgscreen to load this bundle, or re-export it",
         )
+    if version == 1 and raw.get("text") is not None:
+        raise BundleError(BundleReason.INVALID_CONFIG, "schema_version 1 bundles carry no text tower")
     try:
         return BundleConfig.from_dict(raw)
     except ModelConfigError as e:
         raise BundleError(BundleReason.INVALID_CONFIG, e.detail) from e
 
 
-def _check_state(config: BundleConfig, state: Mapping[str, torch.Tensor]) -> None:
-    """Same keys and shapes as a freshly built model, else SHAPE_MISMATCH naming the first culprits."""
-    expected = {k: tuple(v.shape) for k, v in ECGCLIPSignalModel.from_config(config).state_dict().items()}
+def _parse_tokenizer(config: BundleConfig, files: Mapping[str, bytes]) -> BPETokenizer | None:
+    if config.text is None:
+        if TOKENIZER_FILE in files:
+            raise BundleError(BundleReason.INVALID_CONFIG, f"{TOKENIZER_FILE} present but config.text is null")
+        return None
+    if TOKENIZER_FILE not in files:
+        raise BundleError(BundleReason.MISSING_FILE, f"config.text is set but {TOKENIZER_FILE} is missing")
+    try:
+        return BPETokenizer.from_json(files[TOKENIZER_FILE])
+    except TokenizerError as e:
+        raise BundleError(BundleReason.INVALID_TOKENIZER, e.detail) from e
+
+
+def _text_tower(config: BundleConfig, tokenizer: BPETokenizer | None) -> TextTower | None:
+    if config.text is None or tokenizer is None:
+        return None
+    try:
+        return TextTower(TransformerTextEncoder(config.text, tokenizer), config.encoder.embed_dim)
+    except TokenizerError as e:
+        raise BundleError(BundleReason.SHAPE_MISMATCH, e.detail) from e
+
+
+def _check_state(config: BundleConfig, state: Mapping[str, torch.Tensor], tokenizer: BPETokenizer | None) -> None:
+    """Same keys and shapes as freshly built modules, else SHAPE_MISMATCH naming the first culprits."""
+    fresh = _full_state(ECGCLIPSignalModel.from_config(config), _text_tower(config, tokenizer))
+    expected = {k: tuple(v.shape) for k, v in fresh.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     problems = [f"missing {k}" for k in expected.keys() - got.keys()]
     problems += [f"unexpected {k}" for k in got.keys() - expected.keys()]
@@ -212,26 +285,79 @@ def _check_state(config: BundleConfig, state: Mapping[str, torch.Tensor]) -> Non
     if problems:
         detail = f"weights do not fit the config: {sorted(problems)[:5]}"
         raise BundleError(BundleReason.SHAPE_MISMATCH, detail)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise BundleError(BundleReason.INVALID_WEIGHTS, f"non-finite values in {sorted(bad)[:5]}")
 
 
-def _build_model(config: BundleConfig, weights: bytes, device: str | torch.device) -> ECGCLIPSignalModel:
+def _build(config: BundleConfig, weights: bytes, tokenizer: BPETokenizer | None,
+           device: str | torch.device) -> tuple[ECGCLIPSignalModel, TextTower | None]:
     try:
         state = st_load(weights)
     except SafetensorError as e:
         raise BundleError(BundleReason.INVALID_WEIGHTS, f"{WEIGHTS_FILE}: {e}") from e
-    _check_state(config, state)
+    _check_state(config, state, tokenizer)
     model = ECGCLIPSignalModel.from_config(config)
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)}, strict=True)
+    text = _text_tower(config, tokenizer)
+    if text is not None:
+        n = len(TEXT_PREFIX)
+        text.load_state_dict({k[n:]: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}, strict=True)
+        text.eval()  # stays on CPU: only offline commands run it
+    return model.to(device).eval(), text
 
 
-def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Bundle:
-    """Verify every hash, parse the config strictly, build the model and load weights (strict)."""
+def _check_required(config: BundleConfig, required: Collection[str]) -> None:
+    if missing := sorted(set(required) - set(config.task_ids)):
+        raise BundleError(BundleReason.MISSING_TASK,
+                          f"bundle lacks required task(s) {missing}; it carries {list(config.task_ids)}")
+
+
+def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu", *,
+                required_tasks: Collection[str] = ()) -> Bundle:
+    """Verify every hash, parse the config strictly, build the model and load weights (strict).
+
+    ``required_tasks``: ids the caller cannot do without; a bundle lacking any is refused
+    (``missing_task``) rather than silently scoring fewer tasks.
+    """
     path = Path(path)
     files, sha = _read_verified(path)
     config = _parse_config(files[CONFIG_FILE])
-    model = _build_model(config, files[WEIGHTS_FILE], device)
-    return Bundle(path=path, config=config, model=model, sha256=sha)
+    _check_required(config, required_tasks)
+    tokenizer = _parse_tokenizer(config, files)
+    model, text = _build(config, files[WEIGHTS_FILE], tokenizer, device)
+    return Bundle(path=path, config=config, model=model, sha256=sha, text=text)
+
+
+def make_provenance(data: str, **extra: str) -> dict[str, str]:
+    """Provenance for a trained bundle: data description, code version, torch, and the UTC date."""
+    from datetime import UTC, datetime
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        code = version("ecgscreen")
+    except PackageNotFoundError:
+        code = "unknown"
+    return {"data": data, "code_version": code, "torch": torch.__version__.split("+")[0],
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), **extra}
+
+
+def export_bundle(
+    path: str | os.PathLike[str], clip: ECGCLIP, tasks: Sequence[TaskSpec], input_spec: InputSpec, *,
+    name: str, version: str, trained: bool, provenance: Mapping[str, str],
+    linear_heads: torch.nn.Linear | None = None, overwrite: bool = False,
+) -> Bundle:
+    """Write a CLIP model as a bundle: scorer (signal tower + heads + embedded prompts) and,
+    when the text encoder is the built-in one, the text tower and its tokenizer."""
+    encoder = clip.text.encoder
+    text_cfg = encoder.cfg if isinstance(encoder, TransformerTextEncoder) else None
+    config = BundleConfig(
+        schema_version=BUNDLE_SCHEMA_VERSION, name=name, version=version, trained=trained,
+        encoder=clip.signal.cfg, input=input_spec, tasks=tuple(tasks), provenance=dict(provenance), text=text_cfg,
+    )
+    scorer = clip.scorer(tasks, linear_heads)
+    save_bundle(path, config, scorer, text=clip.text if text_cfg is not None else None, overwrite=overwrite)
+    return load_bundle(path)
 
 
 # --- untrained bundles -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ nonspecific targets (NORM, ST/T change, the echo composites) are scored for tria
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -68,6 +69,30 @@ PTBXL_LABELS: Mapping[str, str] = MappingProxyType({
     "ecg.1avb": "1AVB", "ecg.pace": "PACE",
 })  # fmt: skip
 
+# Zero-shot prompts: (positive, negative) report-style texts. The score is the similarity to the
+# positive prompt minus that to the negative one, so the negative names what the finding is
+# contrasted with (usually a normal report), not "no <finding>": contrastive text towers are
+# notoriously blind to negation. Written in the English report style PTB-XL uses.
+NORMAL_REPORT = "sinus rhythm. normal ecg."
+PROMPTS: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "ecg.norm": (NORMAL_REPORT, "abnormal ecg."),
+    "ecg.mi": ("myocardial infarction.", NORMAL_REPORT),
+    "ecg.sttc": ("st segment and t wave changes.", NORMAL_REPORT),
+    "ecg.cd": ("conduction disturbance.", NORMAL_REPORT),
+    "ecg.hyp": ("ventricular hypertrophy.", NORMAL_REPORT),
+    "ecg.afib": ("atrial fibrillation.", NORMAL_REPORT),
+    "ecg.lvh": ("left ventricular hypertrophy.", NORMAL_REPORT),
+    "ecg.clbbb": ("complete left bundle branch block.", NORMAL_REPORT),
+    "ecg.crbbb": ("complete right bundle branch block.", NORMAL_REPORT),
+    "ecg.1avb": ("first degree av block. prolonged pr interval.", NORMAL_REPORT),
+    "ecg.pace": ("pacemaker. paced rhythm.", NORMAL_REPORT),
+    "ecg.stemi": ("acute st elevation myocardial infarction.", NORMAL_REPORT),
+    "echo.lvef_le_40": ("reduced left ventricular ejection fraction.", NORMAL_REPORT),
+    "echo.hcm": ("hypertrophic cardiomyopathy.", NORMAL_REPORT),
+    "rare.dextrocardia": ("dextrocardia.", NORMAL_REPORT),
+    "rare.amyloidosis": ("cardiac amyloidosis. low voltage.", NORMAL_REPORT),
+})  # fmt: skip
+
 # Heads of an untrained bundle: only targets PTB-XL can label (no echo or rare labels exist yet).
 DEFAULT_TASK_IDS: tuple[str, ...] = tuple(PTBXL_LABELS)
 
@@ -88,3 +113,12 @@ def catalog_tasks(group: TaskGroup | None = None) -> tuple[TaskSpec, ...]:
 def default_tasks() -> tuple[TaskSpec, ...]:
     """The PTB-XL-labelled ECG tasks an untrained (or first trained) bundle carries."""
     return tuple(catalog_task(i) for i in DEFAULT_TASK_IDS)
+
+
+def zero_shot_task(task_id: str) -> TaskSpec:
+    """The catalog task scored zero-shot from its prompts (``unknown_task`` if it has none)."""
+    task = catalog_task(task_id)
+    if task_id not in PROMPTS:
+        raise ModelConfigError(f"no zero-shot prompts for {task_id!r}", reason="unknown_task")
+    pos, neg = PROMPTS[task_id]
+    return dataclasses.replace(task, head="zero_shot", prompt=pos, negative_prompt=neg)

@@ -10,6 +10,7 @@ This module imports no torch: the worker can read configs without the heavy stac
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -19,7 +20,11 @@ from typing import Any, Literal, TypeVar
 from schemas.errors import ECGScreenError
 from schemas.messages import TaskGroup
 
-BUNDLE_SCHEMA_VERSION = 1
+BUNDLE_SCHEMA_VERSION = 2
+# v1 (signal tower + linear heads only) is a strict subset of v2: every v1 key exists in v2 with
+# the same meaning, and v1 weights are exactly the v2 weights of an all-linear bundle without a
+# text tower. Reading it costs nothing, so the loader keeps accepting it.
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 
 STANDARD_LEADS: tuple[str, ...] = (
     "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
@@ -28,6 +33,14 @@ STANDARD_LEADS: tuple[str, ...] = (
 Arch = Literal["r18", "r34"]
 ARCHS: tuple[str, ...] = ("r18", "r34")
 NORMALISATIONS: tuple[str, ...] = ("per_lead_zscore", "none")
+HeadKind = Literal["linear", "zero_shot"]
+HEAD_KINDS: tuple[str, ...] = ("linear", "zero_shot")
+CalibrationMethod = Literal["none", "temperature", "platt", "isotonic"]
+CALIBRATION_METHODS: tuple[str, ...] = ("none", "temperature", "platt", "isotonic")
+TargetKind = Literal["fixed", "min_sensitivity", "min_ppv"]
+TARGET_KINDS: tuple[str, ...] = ("fixed", "min_sensitivity", "min_ppv")
+TEXT_ENCODER_KINDS: tuple[str, ...] = ("transformer",)
+MAX_ISOTONIC_KNOTS = 512  # a validation set of a few thousand records gives far fewer PAV blocks
 
 # Leave headroom under Nyquist: a band edge at Nyquist would make the Butterworth design unstable.
 NYQUIST_MARGIN = 0.9
@@ -206,6 +219,141 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class TextEncoderConfig:
+    """The built-in text tower: byte-level BPE tokens -> pre-norm transformer -> mean pool.
+
+    ``vocab_size`` must equal the size of the bundle's tokenizer (checked at load). A bigger
+    pretrained encoder plugs in through ``models.text.TextEncoder`` instead; such a bundle
+    ships precomputed prompt embeddings and ``text: null``.
+    """
+
+    kind: Literal["transformer"] = "transformer"
+    vocab_size: int = 2048
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    max_tokens: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _need(self.kind in TEXT_ENCODER_KINDS, f"text kind must be one of {TEXT_ENCODER_KINDS}")
+        for name in ("vocab_size", "width", "layers", "heads", "mlp_ratio", "max_tokens"):
+            _int(name, getattr(self, name))
+        _need(self.width % self.heads == 0, f"width {self.width} must be divisible by heads {self.heads}")
+        drop = _float("dropout", self.dropout)
+        _need(0.0 <= drop < 1.0, "dropout must lie in [0, 1)")
+        _set(self, "dropout", drop)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> TextEncoderConfig:
+        return _build(cls, _strict_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Contrastive pre-training: CLIP's learnable temperature, stored as log(scale) and clamped.
+
+    The clamp (CLIP: scale <= 100) stops the logits from growing until training destabilises.
+    """
+
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = math.log(100.0)
+
+    def __post_init__(self) -> None:
+        init = _float("logit_scale_init", self.logit_scale_init)
+        top = _float("logit_scale_max", self.logit_scale_max)
+        _need(0.0 <= init <= top, f"need 0 <= logit_scale_init <= logit_scale_max, got {init}, {top}")
+        _set(self, "logit_scale_init", init)
+        _set(self, "logit_scale_max", top)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Raw head logit -> probability, fitted on validation data (``models.calibration``).
+
+    ``none``: sigmoid(z). ``temperature``: sigmoid(z / T). ``platt``: sigmoid(z / T + bias).
+    ``isotonic``: piecewise-linear through knots (``x`` logits ascending, ``y`` probabilities
+    non-decreasing), flat beyond the end knots.
+    """
+
+    method: CalibrationMethod = "none"
+    temperature: float = 1.0
+    bias: float = 0.0
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _need(self.method in CALIBRATION_METHODS, f"calibration method must be one of {CALIBRATION_METHODS}")
+        t = _float("temperature", self.temperature)
+        _need(t > 0, f"temperature must be > 0, got {t}")
+        _set(self, "temperature", t)
+        _set(self, "bias", _float("bias", self.bias))
+        _need(self.method == "platt" or self.bias == 0.0, "bias is only used by platt calibration")
+        self._check_knots()
+
+    def _check_knots(self) -> None:
+        _need(isinstance(self.x, list | tuple) and isinstance(self.y, list | tuple), "x and y must be lists")
+        x = tuple(_float("x", v) for v in self.x)
+        y = tuple(_unit("y", v) for v in self.y)
+        _set(self, "x", x)
+        _set(self, "y", y)
+        if self.method != "isotonic":
+            _need(not x and not y, "x and y are only used by isotonic calibration")
+            return
+        _need(2 <= len(x) == len(y) <= MAX_ISOTONIC_KNOTS, f"isotonic needs 2..{MAX_ISOTONIC_KNOTS} knots")
+        _need(all(a < b for a, b in itertools.pairwise(x)), "isotonic x must be strictly increasing")
+        _need(all(a <= b for a, b in itertools.pairwise(y)), "isotonic y must be non-decreasing")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["x"], d["y"] = list(self.x), list(self.y)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: object) -> Calibration:
+        return _build(cls, _strict_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
+class ThresholdTarget:
+    """The stated goal a task's threshold was chosen for.
+
+    ``min_sensitivity``: the highest threshold whose validation sensitivity is >= ``value``.
+    ``min_ppv``: the lowest threshold whose PPV, recomputed at ``prevalence`` (the intended
+    population's, not the validation set's), is >= ``value``. ``fixed``: set by hand.
+    ``met`` records whether the validation data allowed the goal to be reached.
+    """
+
+    kind: TargetKind
+    value: float | None = None
+    prevalence: float | None = None
+    met: bool = True
+
+    def __post_init__(self) -> None:
+        _need(self.kind in TARGET_KINDS, f"target kind must be one of {TARGET_KINDS}")
+        _need(isinstance(self.met, bool), "met must be a bool")
+        if self.kind == "fixed":
+            _need(self.value is None and self.prevalence is None, "a fixed target takes no value or prevalence")
+            return
+        _set(self, "value", _prob("target value", self.value))
+        if self.kind == "min_ppv":
+            _set(self, "prevalence", _prob("target prevalence", self.prevalence))
+        else:
+            _need(self.prevalence is None, "prevalence is only used by min_ppv")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> ThresholdTarget:
+        return _build(cls, _strict_kwargs(cls, data))
+
+
+@dataclass(frozen=True)
 class TaskMetrics:
     """Validation figures of one task at its threshold; the alert policy derives expected PPV from them."""
 
@@ -244,6 +392,13 @@ class TaskSpec:
     prevalence: float | None = None
     description: str = ""
     metrics: TaskMetrics | None = None
+    # How the score is made: a linear head on the signal embedding, or zero-shot from the
+    # similarity to ``prompt`` versus ``negative_prompt`` (embeddings precomputed into the bundle).
+    head: HeadKind = "linear"
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    calibration: Calibration | None = None
+    target: ThresholdTarget | None = None
 
     def __post_init__(self) -> None:
         well_formed = isinstance(self.id, str) and bool(_TASK_ID.match(self.id))
@@ -259,18 +414,34 @@ class TaskSpec:
         if self.prevalence is not None:
             _set(self, "prevalence", _prob("prevalence", self.prevalence))
         _str("description", self.description, allow_empty=True)
+        self._check_head()
+        for name, kind in (("metrics", TaskMetrics), ("calibration", Calibration), ("target", ThresholdTarget)):
+            value = getattr(self, name)
+            _need(value is None or isinstance(value, kind), f"task {self.id}: {name} must be a {kind.__name__}")
+
+    def _check_head(self) -> None:
+        _need(self.head in HEAD_KINDS, f"task {self.id}: head must be one of {HEAD_KINDS}")
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            _need(value is None or bool(_str(name, value).strip()), f"task {self.id}: {name} must not be empty")
+        if self.head == "zero_shot":
+            _need(self.prompt is not None and self.negative_prompt is not None,
+                  f"task {self.id}: a zero_shot head needs prompt and negative_prompt")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["group"] = self.group.value
-        d["metrics"] = None if self.metrics is None else self.metrics.to_dict()
+        for name in ("metrics", "calibration", "target"):
+            value = getattr(self, name)
+            d[name] = None if value is None else value.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, data: object) -> TaskSpec:
         kw = _strict_kwargs(cls, data)
-        if kw.get("metrics") is not None:
-            kw["metrics"] = TaskMetrics.from_dict(kw["metrics"])
+        for name, kind in (("metrics", TaskMetrics), ("calibration", Calibration), ("target", ThresholdTarget)):
+            if kw.get(name) is not None:
+                kw[name] = kind.from_dict(kw[name])
         return _build(cls, kw)
 
 
@@ -286,9 +457,13 @@ class BundleConfig:
     input: InputSpec
     tasks: tuple[TaskSpec, ...]
     provenance: dict[str, str] = field(default_factory=dict)
+    # The text tower travels with the bundle (weights + tokenizer.json) when it is the built-in
+    # one; the worker never runs it (zero-shot prompts are precomputed), ``model info`` does.
+    text: TextEncoderConfig | None = None
 
     def __post_init__(self) -> None:
         _int("schema_version", self.schema_version)
+        _need(self.text is None or isinstance(self.text, TextEncoderConfig), "text must be a TextEncoderConfig")
         _str("name", self.name)
         _str("version", self.version)
         _need(isinstance(self.trained, bool), "trained must be a bool")
@@ -326,11 +501,24 @@ class BundleConfig:
             "input": self.input.to_dict(),
             "tasks": [t.to_dict() for t in self.tasks],
             "provenance": dict(self.provenance),
+            "text": None if self.text is None else self.text.to_dict(),
         }
+
+    @property
+    def linear_tasks(self) -> tuple[int, ...]:
+        """Indices (in task order) of tasks scored by a linear head."""
+        return tuple(i for i, t in enumerate(self.tasks) if t.head == "linear")
+
+    @property
+    def zero_shot_tasks(self) -> tuple[int, ...]:
+        """Indices (in task order) of tasks scored zero-shot from precomputed prompt embeddings."""
+        return tuple(i for i, t in enumerate(self.tasks) if t.head == "zero_shot")
 
     @classmethod
     def from_dict(cls, data: object) -> BundleConfig:
         kw = _strict_kwargs(cls, data)
+        if kw.get("text") is not None:
+            kw["text"] = TextEncoderConfig.from_dict(kw["text"])
         kw["encoder"] = EncoderConfig.from_dict(kw["encoder"])
         kw["input"] = InputSpec.from_dict(kw["input"])
         _need(isinstance(kw["tasks"], list | tuple), "tasks must be a list")

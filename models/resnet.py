@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from models.config import EncoderConfig
 
@@ -22,9 +26,9 @@ class BasicBlock1d(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
         super().__init__()
         self.conv1 = _conv(c_in, c_out, kernel, stride)
-        self.bn1 = nn.BatchNorm1d(c_out)
+        self.bn1: nn.Module = nn.BatchNorm1d(c_out)  # nn.Module: fold_batchnorm swaps in an Identity
         self.conv2 = _conv(c_out, c_out, kernel)
-        self.bn2 = nn.BatchNorm1d(c_out)
+        self.bn2: nn.Module = nn.BatchNorm1d(c_out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
@@ -81,8 +85,34 @@ class ResNet1d(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for m in self.modules():
-            if isinstance(m, BasicBlock1d):
+            if isinstance(m, BasicBlock1d) and isinstance(m.bn2, nn.BatchNorm1d):
                 nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.layers(self.stem(x))).flatten(1)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval) with every Conv1d+BatchNorm1d pair folded into one biased conv.
+
+    Inference-only: a folded BN no longer normalises with batch statistics. Engines that
+    compile or capture the graph use it: fewer kernels, and the same function up to float
+    rounding (parity is tested against the unfolded eager model).
+    """
+    folded = copy.deepcopy(model).eval()
+    for m in list(folded.modules()):
+        if isinstance(m, BasicBlock1d) and isinstance(m.bn1, nn.BatchNorm1d) and isinstance(m.bn2, nn.BatchNorm1d):
+            m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), nn.Identity()
+            m.conv2, m.bn2 = fuse_conv_bn_eval(m.conv2, m.bn2), nn.Identity()
+        elif isinstance(m, nn.Sequential):
+            _fold_sequential(m)
+    return folded
+
+
+def _fold_sequential(seq: nn.Sequential) -> None:
+    names = list(seq._modules)
+    for a, b in itertools.pairwise(names):
+        conv, bn = seq._modules[a], seq._modules[b]
+        if isinstance(conv, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d):
+            seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+            seq._modules[b] = nn.Identity()

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,16 @@ from models.engine import EngineError, make_engine
 from models.preprocess import PreprocessError, prepare_batch, prepare_record
 from models.resnet import ResNet1d
 from schemas.messages import ModelRef, TaskGroup
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny test models gain nothing from a second thread, and on cores shared with other jobs
+    OpenMP threads wait for each other at every layer (measured: this suite 20 s vs 98 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 SMALL = 8  # base_width for fast tests
 SPEC_100 = InputSpec(sampling_rate_hz=100.0, n_samples=1000)
@@ -137,7 +147,8 @@ def test_catalog_covers_required_tasks() -> None:
 
 
 def test_light_modules_do_not_import_torch() -> None:
-    code = "import sys, models.config, models.catalog, models.preprocess; print('torch' in sys.modules)"
+    code = ("import sys, models.config, models.catalog, models.preprocess, models.calibration, models.tokenizer; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -181,9 +192,10 @@ def test_bundle_round_trip_identical_scores(tmp_path: Path) -> None:
     assert loaded.task_ids == cfg.task_ids
     x = np.random.default_rng(0).standard_normal((3, 12, 1000)).astype(np.float32)
     with torch.inference_mode():
-        expected = torch.sigmoid(model(torch.from_numpy(x))).numpy()
-    np.testing.assert_array_equal(make_engine(loaded).infer(x), expected)
-    np.testing.assert_array_equal(make_engine(load_bundle(tmp_path / "b")).infer(x), expected)
+        expected = loaded.calibrate(model(torch.from_numpy(x)).numpy())  # no calibration: plain sigmoid
+    np.testing.assert_allclose(expected, torch.sigmoid(model(torch.from_numpy(x))).detach().numpy(), atol=1e-6)
+    np.testing.assert_array_equal(make_engine(loaded, "torch-cpu").infer(x), expected)
+    np.testing.assert_array_equal(make_engine(load_bundle(tmp_path / "b"), "torch-cpu").infer(x), expected)
 
 
 def test_tampered_weights_refused(tmp_path: Path) -> None:
@@ -213,8 +225,40 @@ def test_missing_file_refused(tmp_path: Path) -> None:
 
 def test_unknown_schema_version_refused(tmp_path: Path) -> None:
     b = small_bundle(tmp_path / "b")
-    edit_config(b.path, lambda raw: raw.update(schema_version=2, new_field="x"))
+    edit_config(b.path, lambda raw: raw.update(schema_version=3, new_field="x"))
     assert refused(b.path) == "unsupported_version"
+    with pytest.raises(BundleError) as exc:
+        load_bundle(b.path)
+    assert "3" in exc.value.detail and "[1, 2]" in exc.value.detail
+    c = small_bundle(tmp_path / "c")
+    edit_config(c.path, lambda raw: raw.update(schema_version=True))  # JSON true is not version 1
+    assert refused(c.path) == "unsupported_version"
+
+
+def test_v1_bundle_still_loads(tmp_path: Path) -> None:
+    """A v1 bundle (no text tower, all-linear heads, v1 keys only) loads and scores as before."""
+    b = small_bundle(tmp_path / "b")
+
+    def to_v1(raw: dict[str, Any]) -> None:
+        raw["schema_version"] = 1
+        del raw["text"]
+        for t in raw["tasks"]:
+            for key in ("head", "prompt", "negative_prompt", "calibration", "target"):
+                del t[key]
+
+    edit_config(b.path, to_v1)
+    v1 = load_bundle(b.path)
+    assert v1.config.schema_version == 1 and v1.config.linear_tasks == tuple(range(len(v1.task_ids)))
+    x = np.zeros((1, 12, 1000), np.float32)
+    np.testing.assert_array_equal(make_engine(v1, "torch-cpu").infer(x), make_engine(b, "torch-cpu").infer(x))
+
+
+def test_required_task_missing_refused(tmp_path: Path) -> None:
+    b = small_bundle(tmp_path / "b")
+    assert load_bundle(b.path, required_tasks=("ecg.afib",)).task_ids == b.task_ids
+    with pytest.raises(BundleError) as exc:
+        load_bundle(b.path, required_tasks=("ecg.afib", "echo.hcm"))
+    assert exc.value.reason == "missing_task" and "echo.hcm" in exc.value.detail
 
 
 def test_unknown_key_in_bundle_refused(tmp_path: Path) -> None:
@@ -363,5 +407,27 @@ def test_engine_batch_zero_and_contract(tmp_path: Path) -> None:
         engine.infer(np.zeros((1, 12, 500), np.float32))
     assert exc.value.reason == "invalid_input"
     with pytest.raises(EngineError) as exc:
-        make_engine(b, "tensorrt")
+        make_engine(b, "onnx")
     assert exc.value.reason == "unsupported_engine"
+
+
+def test_250hz_8_lead_event_scored_by_500hz_12_lead_bundle(tmp_path: Path) -> None:
+    """The issue's case: the bundle's input spec drives resampling, lead order and missing-lead flags."""
+    from ops.feed import simulated_records
+    from schemas.codec import decode_event
+    from workers.pipeline import RawMessage, Screener
+
+    b500 = small_bundle(tmp_path / "b", input_spec=SPEC_500)
+    rec = next(simulated_records(1, fs=250.0, seed=3, bases=1))
+    eight = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2")
+    rec = dataclasses.replace(rec, leads=eight, signal_mv=rec.signal_mv[[STANDARD_LEADS.index(n) for n in eight]])
+    event = decode_event(rec.encode())
+    assert (event.sampling_rate_hz, event.signal_mv.shape) == (250.0, (8, 2500))
+    x, absent = prepare_record(event.signal_mv, event.sampling_rate_hz, event.leads, b500.config.input)
+    assert x.shape == (12, 5000) and absent == ("V3", "V4", "V5", "V6")
+    assert not x[8:].any() and np.allclose(x[:8].std(axis=1), 1.0, atol=1e-3)
+    assert make_engine(b500, "torch-cpu").infer(x[None]).shape == (1, len(b500.task_ids))
+    (outcome,) = Screener(bundle=b500, engine=make_engine(b500, "torch-cpu")).screen(
+        [RawMessage.of(rec.encode(), "ecg.events", 0, 0)])
+    assert outcome.verdict is not None and set(outcome.verdict.scores) == set(b500.task_ids)
+    assert {"V3", "V4", "V5", "V6"} <= set(outcome.verdict.masked_leads)

@@ -7,6 +7,7 @@ ends in exactly one :class:`Outcome`: a verdict (with its alerts) or a dead lett
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -19,6 +20,7 @@ import numpy as np
 
 from models.bundle import Bundle
 from models.engine import Engine
+from models.explain import explain
 from models.preprocess import prepare_record
 from schemas.codec import DecodeError, Limits, decode_event, make_deadletter, peek_event_id
 from schemas.errors import ECGScreenError
@@ -27,6 +29,7 @@ from schemas.messages import (
     DeadLetter,
     DeadLetterReason,
     ECGEvent,
+    Explanation,
     Quality,
     QualityStatus,
     Verdict,
@@ -95,6 +98,7 @@ class Screener:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: Limits = field(default_factory=Limits)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    explain_alerts: bool = True  # attribution for alerting records only (one backward pass per alert)
 
     def screen(self, messages: Sequence[RawMessage]) -> list[Outcome]:
         """One outcome per message, in order. Never raises on bad input."""
@@ -129,7 +133,7 @@ class Screener:
 
     def _infer(self, messages: Sequence[RawMessage], events: dict[int, ECGEvent],
                qualities: dict[int, RecordQuality], outcomes: list[Outcome | None],
-               ) -> dict[int, tuple[dict[str, float], tuple[str, ...]]]:
+               ) -> dict[int, tuple[dict[str, float], tuple[str, ...], np.ndarray]]:
         """Scores and masked leads per runnable event; failures become dead letters."""
         prepared: dict[int, tuple[np.ndarray, tuple[str, ...]]] = {}
         for i, ev in events.items():
@@ -152,11 +156,12 @@ class Screener:
                 outcomes[i] = dead(messages[i], _failed("inference", exc, events[i].event_id), self.limits)
             return {}
         task_ids = self.bundle.task_ids
-        return {i: (dict(zip(task_ids, map(float, probs[k]), strict=True)), prepared[i][1])
+        return {i: (dict(zip(task_ids, map(float, probs[k]), strict=True)), prepared[i][1], prepared[i][0])
                 for k, i in enumerate(order)}
 
     def _decide(self, messages: Sequence[RawMessage], events: dict[int, ECGEvent],
-                qualities: dict[int, RecordQuality], scored: dict[int, tuple[dict[str, float], tuple[str, ...]]],
+                qualities: dict[int, RecordQuality],
+                scored: dict[int, tuple[dict[str, float], tuple[str, ...], np.ndarray]],
                 outcomes: list[Outcome | None], stage: _Stage) -> None:
         now = self.clock()
         batch_ms = {**stage.marks, "batch_size": float(len(messages))}
@@ -164,9 +169,11 @@ class Screener:
             if outcomes[i] is not None:
                 continue
             quality = _quality(qualities[i])
-            scores, masked = scored.get(i, ({}, ()))
+            scores, masked, x = scored.get(i, ({}, (), None))
             alerts = decide_alerts(ev, quality, scores, self.bundle.config.tasks, self.bundle.ref, now,
                                    masked, self.policy)
+            if alerts and x is not None and self.explain_alerts:
+                alerts = self._explain(ev.event_id, alerts, x)
             timings = {**batch_ms, "queue_ms": _queue_ms(messages[i], now)}
             verdict = Verdict(
                 event_id=ev.event_id, patient_ref=ev.patient_ref, site=ev.source.site,
@@ -175,6 +182,20 @@ class Screener:
                 masked_leads=masked,
             )
             outcomes[i] = Outcome(messages[i], verdict=verdict, alerts=tuple(alerts))
+
+    def _explain(self, event_id: str, alerts: list[Alert], x: np.ndarray) -> list[Alert]:
+        """Attach an explanation to each alert, once per task; a failure logs and leaves it None,
+        because an explanation is an aid to the reader and must never cost the verdict."""
+        source = self.engine if getattr(self.engine, "eager_model", None) is not None else self.bundle
+        done: dict[str, Explanation | None] = {}
+        for alert in alerts:
+            if alert.task.id not in done:
+                try:
+                    done[alert.task.id] = explain(source, x, self.bundle.task_ids.index(alert.task.id))
+                except Exception as exc:
+                    log.warning("explanation failed", extra={"event_id": event_id, "error": type(exc).__name__})
+                    done[alert.task.id] = None
+        return [dataclasses.replace(a, explanation=done[a.task.id]) for a in alerts]
 
 
 def _quality(q: RecordQuality) -> Quality:

@@ -1,0 +1,147 @@
+"""Explanations: attribution summarised as leads and windows, and carried by the worker's alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import workers.pipeline as pipeline
+from models.bundle import Bundle, init_untrained_bundle
+from models.config import STANDARD_LEADS
+from models.engine import make_engine
+from models.explain import ExplainConfig, attribution, explain, summarise
+from ops.feed import simulated_records
+from schemas.codec import decode_alert, encode_alert
+from workers.pipeline import RawMessage, Screener
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny test models gain nothing from a second thread, and on cores shared with other jobs
+    OpenMP threads wait for each other at every layer (measured: this suite 20 s vs 98 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+FS, N = 100.0, 1000
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    b = init_untrained_bundle(tmp_path_factory.mktemp("x") / "b", base_width=8, seed=5)
+    with torch.no_grad():
+        for m in b.model.modules():  # no dead residual branches: every lead reaches every head
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.weight.fill_(1.0)
+        b.model.heads.weight.normal_(0, 0.05)
+    return b
+
+
+def burst(lead: str, start_s: float, end_s: float, seed: int = 0) -> np.ndarray:
+    """Near-silent record with one strong oscillation on one lead."""
+    rng = np.random.default_rng(seed)
+    x = 0.01 * rng.standard_normal((12, N))
+    t = np.arange(N) / FS
+    on = (t >= start_s) & (t < end_s)
+    x[STANDARD_LEADS.index(lead), on] += 5 * np.sin(2 * np.pi * 8 * t[on])
+    return x.astype(np.float32)
+
+
+def test_explanation_points_at_the_driving_lead_and_window(bundle: Bundle) -> None:
+    e = explain(bundle, burst("V2", 3.1, 3.9), task_index=5)
+    assert e.method == "gradient_x_input" and e.top_leads[0] == "V2" and len(e.top_leads) == 3
+    top = e.windows[0]
+    assert (top.lead, top.start_s, top.end_s) == ("V2", 3.0, 4.0) and top.weight > 0.5
+    assert len(e.windows) == 3 and sum(w.weight for w in e.windows) <= 1.0 + 1e-6
+    assert all(0 <= w.start_s < w.end_s <= N / FS and 0 <= w.weight <= 1 for w in e.windows)
+
+
+def test_absent_leads_never_explain(bundle: Bundle) -> None:
+    x = burst("V2", 3.1, 3.9)
+    x[[STANDARD_LEADS.index("V2"), STANDARD_LEADS.index("I")]] = 0.0  # zero-filled, as preprocessing does
+    e = explain(bundle, x, task_index=0, config=ExplainConfig(top_leads=12, top_windows=50))
+    assert "V2" not in e.top_leads and "I" not in e.top_leads
+    assert {w.lead for w in e.windows}.isdisjoint({"V2", "I"})
+    assert explain(bundle, np.zeros((12, N), np.float32), 0).top_leads == ()  # nothing to attribute
+
+
+def test_integrated_gradients_completeness(bundle: Bundle) -> None:
+    """IG attributions sum to logit(x) - logit(0) (up to the Riemann error of a few steps)."""
+    x = burst("II", 1.0, 6.0, seed=2) + 0.3 * np.random.default_rng(3).standard_normal((12, N)).astype(np.float32)
+    attr = attribution(bundle.model, x, 2, ExplainConfig(method="integrated_gradients", steps=32))
+    with torch.no_grad():
+        out = bundle.model(torch.from_numpy(np.stack([x, np.zeros_like(x)])))[:, 2]
+    assert attr.sum() == pytest.approx(float(out[0] - out[1]), rel=0.05, abs=1e-3)
+    e = explain(bundle, x, 2, ExplainConfig(method="integrated_gradients", steps=4))
+    assert e.method == "integrated_gradients" and e.top_leads
+
+
+def test_summary_windows_and_engine_source(bundle: Bundle) -> None:
+    attr = np.zeros((12, N))
+    attr[4, 250:260] = 3.0  # aVL, 2.5-2.6 s
+    attr[7, 990:] = -1.0  # V2, the last, partial window; sign does not matter
+    e = summarise(attr, STANDARD_LEADS, FS, ExplainConfig(window_s=0.5))
+    assert e.top_leads == ("aVL", "V2")
+    assert [(w.lead, w.start_s, w.end_s, w.weight) for w in e.windows] == [("aVL", 2.5, 3.0, 0.75),
+                                                                            ("V2", 9.5, 10.0, 0.25)]
+    engine = make_engine(bundle, "torch-cpu")
+    assert explain(engine, burst("V5", 5, 6), 1) == explain(bundle, burst("V5", 5, 6), 1)
+    with pytest.raises(ValueError):
+        explain(bundle, np.zeros((12, 500), np.float32), 0)
+    with pytest.raises(IndexError):
+        explain(bundle, np.zeros((12, N), np.float32), 99)
+
+
+# --- carried in the worker's alerts ------------------------------------------------------------
+
+
+def screener_with_bias(tmp_path: Path, bias: float) -> Screener:
+    b = init_untrained_bundle(tmp_path / f"b{bias}", base_width=8, seed=1)
+    with torch.no_grad():
+        b.model.heads.bias.fill_(bias)  # every task far above (or below) its threshold
+    return Screener(bundle=b, engine=make_engine(b, "torch-cpu"))
+
+
+@pytest.fixture(scope="module")
+def payloads() -> list[bytes]:
+    return [r.encode() for r in simulated_records(2, fs=500.0, seed=4, bases=1)]
+
+
+def test_alerts_carry_explanations(tmp_path: Path, payloads: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = pipeline.explain
+
+    def counting(source: Any, x: np.ndarray, task_index: int) -> Any:
+        calls.append(task_index)
+        return real(source, x, task_index)
+
+    monkeypatch.setattr(pipeline, "explain", counting)
+    s = screener_with_bias(tmp_path, 8.0)
+    outcomes = s.screen([RawMessage.of(p, "ecg.events", 0, i) for i, p in enumerate(payloads)])
+    alerts = [a for o in outcomes for a in o.alerts]
+    assert alerts, "a +8 bias must make the alerting tasks fire"
+    assert len(calls) == len(alerts)  # once per (record, task), for alerting records only
+    for a in alerts:
+        assert a.explanation is not None and a.explanation.method == "gradient_x_input"
+        assert set(a.explanation.top_leads) <= set(STANDARD_LEADS) and a.explanation.windows
+        assert decode_alert(encode_alert(a)).explanation == a.explanation  # survives the wire format
+    calls.clear()
+    quiet = screener_with_bias(tmp_path, -8.0).screen([RawMessage.of(payloads[0], "ecg.events", 0, 0)])
+    assert quiet[0].alerts == () and calls == []  # no alert, no attribution cost
+
+
+def test_explanation_failure_never_sinks_the_verdict(tmp_path: Path, payloads: list[bytes],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("backward failed")
+
+    monkeypatch.setattr(pipeline, "explain", broken)
+    (o,) = screener_with_bias(tmp_path, 8.0).screen([RawMessage.of(payloads[0], "ecg.events", 0, 0)])
+    assert o.verdict is not None and o.alerts and all(a.explanation is None for a in o.alerts)
+    assert set(o.verdict.alert_ids) == {a.alert_id for a in o.alerts}
