@@ -13,6 +13,14 @@ from workers.settings import Topics
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Two cores run the suite beside servers and subprocesses: extra intra-op threads only contend."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "ptbxl_folds1-8_100hz.npz").exists():

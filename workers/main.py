@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from models.bundle import load_bundle
-from models.engine import make_engine
+from models.engine import EngineOptions, make_engine
 from workers.app import create_app
 from workers.logs import configure_logging
 from workers.pipeline import Screener
@@ -19,7 +19,7 @@ log = logging.getLogger("ecgscreen.worker")
 
 def build_screener(settings: Settings) -> Screener:
     bundle = load_bundle(settings.bundle_path)
-    engine = make_engine(bundle, settings.engine)
+    engine = make_engine(bundle, settings.engine, EngineOptions(threads=settings.torch_threads))
     spec = bundle.config.input
     started = time.perf_counter()
     # Warm up once so the first real batch does not pay for thread pools and allocator growth.

@@ -98,6 +98,11 @@ class ExportSettings:
     timeout_s: float = 10.0
 
 
+# The committed trained demo bundle (PTB-XL, issue #5; see its MODEL_CARD.md). Relative to the
+# working directory (the repository root, or /app in the image), as the previous default was.
+DEFAULT_BUNDLE = Path("models/bundles/ecgclip-r18-ptbxl-100hz")
+
+
 @dataclass(frozen=True, slots=True)
 class BatchSettings:
     max_batch: int = 32
@@ -112,8 +117,11 @@ class Settings:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     triage: TriageSettings = field(default_factory=TriageSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
-    bundle_path: Path = Path(".ecgscreen/bundles/untrained-r18")
+    bundle_path: Path = DEFAULT_BUNDLE
     engine: str = "auto"
+    # Intra-op threads of the model. One core stays free for the event loop, the Kafka
+    # client and the gate: oversubscribed cores made R18 calls 25x slower here.
+    torch_threads: int = 1
     state_dir: Path = Path(".ecgscreen")
     # How long the worker retries a durable write (Redis, Kafka) before it stops
     # without acknowledging, so that the batch is redelivered instead of lost.
@@ -168,8 +176,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         triage=TriageSettings(actor=get.text("ACTOR", TriageSettings().actor),
                               lease_s=get.number("LEASE_S", TriageSettings().lease_s, lo=1, hi=7 * 86400)),
         export=_export(get),
-        bundle_path=Path(get.text("BUNDLE", str(state_dir / "bundles" / "untrained-r18"))),
+        bundle_path=Path(get.text("BUNDLE", str(DEFAULT_BUNDLE))),
         engine=get.text("ENGINE", ds.engine),
+        torch_threads=get.integer("TORCH_THREADS", max(1, (os.cpu_count() or 2) - 1), lo=1, hi=256),
         state_dir=state_dir,
         durable_write_timeout_s=get.number("DURABLE_WRITE_TIMEOUT_S", 120.0, lo=1, hi=86400),
         log_level=get.text("LOG_LEVEL", ds.log_level).upper(),
