@@ -79,6 +79,18 @@ def _lead_min(values: NDArray[np.float32]) -> NDArray[np.float64]:
     return v.min(axis=-1) if v.shape[-1] else np.full(v.shape[0], _metrics.NOT_AVAILABLE)
 
 
+def _min_available(values: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Lowest value over leads that have one (-1 = none has): correlations can be negative."""
+    v = values.astype(np.float64)
+    has = v >= -1.0
+    low = np.where(has, v, np.inf).min(axis=-1, initial=np.inf)
+    return np.where(has.any(axis=-1), low, _metrics.NOT_AVAILABLE)
+
+
+def _available(values: NDArray[np.float32], ok: NDArray[np.bool_]) -> NDArray[np.float64]:
+    return np.where(ok, values.astype(np.float64), _metrics.NOT_AVAILABLE)
+
+
 def _indices(m: _metrics.LeadMetrics, d: Decision) -> dict[str, NDArray[np.float64]]:
     """Numeric indices behind the decision, one value per record."""
     cols = {
@@ -98,6 +110,16 @@ def _indices(m: _metrics.LeadMetrics, d: Decision) -> dict[str, NDArray[np.float
         "max_hf_ratio": _lead_max(m.hf_ratio),
         "max_powerline_ratio": _lead_max(m.line_ratio),
         "max_limb_residual": _lead_max(m.limb_residual),
+        "max_burst_range_ratio": _lead_max(m.burst_range),
+        "max_burst_hf_ratio": _lead_max(m.burst_hf),
+        "min_template_corr": _min_available(m.template_corr),
+        "template_beats": m.cross.template_beats.astype(np.float64),
+        "pacing_spikes": m.cross.pacing.spikes.astype(np.float64),
+        "pacing_spikes_before_beats": m.cross.pacing.coupled.astype(np.float64),
+        "lead_i_lateral_corr": _available(m.cross.limb.lateral_corr, m.cross.limb.available),
+        "lead_i_p_wave_mv": _available(m.cross.limb.p_wave_mv, m.cross.limb.available),
+        "lead_i_qrs_polarity": _available(m.cross.limb.qrs_polarity, m.cross.limb.available),
+        "precordial_swap_gain": _available(m.cross.precordial.gain, m.cross.precordial.available),
     }
     # JSON-safe: no NaN/Inf ever leaves the gate.
     return {k: np.where(np.isfinite(v), v, _metrics.NOT_AVAILABLE) for k, v in cols.items()}

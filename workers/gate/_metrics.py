@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _bursts, _crosslead, _pacing
 from . import _spectral as sp
 from . import _timedomain as td
+from ._beats import Templates, templates
 from ._config import GateConfig
-from ._qrs import QrsStats, lead_plausible, per_lead
+from ._qrs import QrsStats, consensus_peaks, lead_plausible, per_lead
 
 F32 = NDArray[np.float32]
 B1 = NDArray[np.bool_]
@@ -29,7 +31,19 @@ _QRS_ROLLOFF_HZ = 5.0
 _ENVELOPE_RATE_HZ = 100.0
 # Side bands for mains prominence: from 2x to 5x the half width away from the line.
 _SIDE_INNER, _SIDE_OUTER = 2.0, 5.0
+# Template band: P, QRS and T below 40 Hz; the top must stay under the envelope rate's Nyquist.
+_TEMPLATE_BAND_HZ = (0.5, 35.0)
 NOT_AVAILABLE = -1.0
+
+
+@dataclass(frozen=True)
+class CrossLead:
+    """Record-level indices from several leads at once."""
+
+    pacing: _pacing.PacingStats
+    limb: _crosslead.LimbMorphology
+    precordial: _crosslead.PrecordialOrder
+    template_beats: NDArray[np.int64]  # (B,) beats the templates are built from
 
 
 @dataclass(frozen=True)
@@ -41,14 +55,22 @@ class LeadMetrics:
     flat_fraction: F32
     clip_fraction: F32
     rail_fraction: F32  # 0 without rails
-    max_abs_mv: F32  # largest |x| above 0.5 Hz
+    max_abs_mv: F32  # largest |x| of the 0.5-35 Hz copy
     wander_ratio: F32
+    wander_rms_mv: F32  # RMS below the wander cut-off
     hf_ratio: F32  # NOT_AVAILABLE when the band does not fit below Nyquist
+    hf_rms_mv: F32  # NOT_AVAILABLE unless the whole HF band fits below Nyquist
     line_ratio: F32  # NOT_AVAILABLE when no mains frequency fits
+    line_rms_mv: F32  # RMS of a prominent mains peak (0 without one; NOT_AVAILABLE as above)
     qrs: QrsStats
     qrs_ok: B1  # plausible QRS train on this lead alone
     qrs_env: F32  # (B, L, N) peak-normalised QRS envelopes, input to the cross-lead consensus
     limb_residual: F32  # NOT_AVAILABLE for leads without a formula
+    burst_range: F32  # largest / median 1.5 s window peak-to-peak (0.5-35 Hz); -1 when too short
+    burst_hf: F32  # same for the mean |second difference| (HF activity: EMG/motion bursts)
+    burst_beats: F32  # beats swamped in this lead only (see _bursts); 0 without beats
+    template_corr: F32  # mean correlation of the beats with the lead's template; -1 without beats
+    cross: CrossLead
     duration_s: float
     qrs_duration_s: float  # duration searched for beats (edges excluded)
     env_fs: float  # sampling rate of qrs_env
@@ -65,21 +87,26 @@ def _masked_density(power: F32, mask: NDArray[np.bool_], n: int) -> tuple[F32, i
     return (total / max(bins, 1)).astype(np.float32), bins
 
 
-def _hf_ratio(spec: sp.Spectrum, fs: float, qrs_density: F32, cfg: GateConfig) -> F32:
+def _hf_ratio(spec: sp.Spectrum, fs: float, qrs_density: F32, cfg: GateConfig) -> tuple[F32, F32]:
+    """(HF density / QRS density, HF RMS in mV); RMS only where the whole band fits."""
     lo, hi = cfg.hf_band_hz[0], min(cfg.hf_band_hz[1], _NYQUIST_USE * fs / 2.0)
     hf = sp.band_mask(spec.freqs, lo, hi) & ~sp.line_mask(spec.freqs, cfg.line_freqs_hz, 2.0 * cfg.line_half_width_hz)
     density, bins = _masked_density(spec.power, hf, spec.n)
+    na = np.full(qrs_density.shape, NOT_AVAILABLE, dtype=np.float32)
     if hi - lo < cfg.hf_min_width_hz or bins == 0:
-        return np.full(qrs_density.shape, NOT_AVAILABLE, dtype=np.float32)
+        return na, na
     # A band cut short by Nyquist holds only the ECG's own 40-50 Hz tail, whose density is
     # higher than the 40-150 Hz average: rescale so that one set of thresholds fits all rates.
-    scale = 1.0 if hi >= cfg.hf_band_hz[1] else 1.0 / cfg.hf_truncated_scale
-    return _ratio(density, qrs_density) * np.float32(scale)
+    full = hi >= cfg.hf_band_hz[1]
+    scale = 1.0 if full else 1.0 / cfg.hf_truncated_scale
+    rms = np.sqrt(density * np.float32(bins)).astype(np.float32) if full else na
+    return _ratio(density, qrs_density) * np.float32(scale), rms
 
 
-def _line_ratio(spec: sp.Spectrum, fs: float, qrs_ms: F32, cfg: GateConfig) -> F32:
-    """Largest mains power / QRS-band power over lines whose peak is narrow (prominent)."""
-    out = np.full(qrs_ms.shape, NOT_AVAILABLE, dtype=np.float32)
+def _line_ratio(spec: sp.Spectrum, fs: float, qrs_ms: F32, cfg: GateConfig) -> tuple[F32, F32]:
+    """(mains power / QRS-band power, mains RMS in mV), largest over lines with a narrow peak."""
+    ratio = np.full(qrs_ms.shape, NOT_AVAILABLE, dtype=np.float32)
+    rms = ratio.copy()
     hw = cfg.line_half_width_hz
     for line in cfg.line_freqs_hz:
         if fs <= 2.0 * (line + cfg.line_margin_hz):
@@ -89,14 +116,15 @@ def _line_ratio(spec: sp.Spectrum, fs: float, qrs_ms: F32, cfg: GateConfig) -> F
         side, _ = _masked_density(spec.power, (dist > _SIDE_INNER * hw) & (dist <= _SIDE_OUTER * hw), spec.n)
         if peak_bins == 0:
             continue
-        ratio = _ratio(peak * peak_bins, qrs_ms)
         prominent = _ratio(peak, side) >= cfg.line_min_prominence
-        out = np.maximum(out, np.where(prominent, ratio, np.float32(0.0)))
-    return out
+        ratio = np.maximum(ratio, np.where(prominent, _ratio(peak * peak_bins, qrs_ms), np.float32(0.0)))
+        rms = np.maximum(rms, np.where(prominent, np.sqrt(peak * peak_bins), np.float32(0.0)))
+    return ratio, rms
 
 
-def _limb_residual(hp: F32, leads: Sequence[str], cfg: GateConfig) -> F32:
+def _limb_residual(low: F32, leads: Sequence[str], cfg: GateConfig) -> F32:
     """Relative RMS of (derived lead - its Einthoven/Goldberger value from I and II)."""
+    hp = low  # 0.5-35 Hz: wander and mains cancel in the identities anyway
     out = np.full(hp.shape[:-1], NOT_AVAILABLE, dtype=np.float32)
     names = [name.upper() for name in leads]
     if "I" not in names or "II" not in names:
@@ -124,6 +152,78 @@ def _time_metrics(x: F32, fs: float, rails: F32 | None, cfg: GateConfig) -> tupl
     return flat, clip, rail
 
 
+def _independent_leads(leads: Sequence[str]) -> list[int]:
+    """Leads that are measured, not computed: III, aVR, aVL, aVF repeat I and II when both exist."""
+    names = [n.upper() for n in leads]
+    derived = {"III", "AVR", "AVL", "AVF"} if {"I", "II"} <= set(names) else set()
+    return [k for k, n in enumerate(names) if n not in derived]
+
+
+def _pacing_stats(
+    d2_abs: F32, spec: sp.Spectrum, fs: float, leads: Sequence[str], beats: B1, env_fs: float, cfg: GateConfig
+) -> _pacing.PacingStats:
+    """Spikes in the second difference of the measured leads (RMS from the spectrum: no pass)."""
+    batch = d2_abs.shape[0]
+    if fs < cfg.pacing_min_fs_hz or d2_abs.shape[1] == 0:
+        return _pacing.not_measured(batch)
+    keep = _independent_leads(leads)
+    gain = sp.second_difference_gain(spec.freqs, fs)
+    rms = np.sqrt(sp.mean_square(sp.band_powers(spec.power[:, keep], [gain])[..., 0], spec.n))
+    hit = _pacing.spike_samples(d2_abs[:, keep], rms, cfg.pacing_spike_mv, cfg.pacing_rms_factor)
+    onsets = _pacing.spike_events(hit, min(cfg.pacing_min_leads, len(keep)), round(cfg.pacing_merge_s * fs))
+    coupled = _pacing.couple(onsets, beats, env_fs, fs, cfg.pacing_beat_window_s)
+    return _pacing.PacingStats(spikes=onsets.sum(axis=-1).astype(np.float32), coupled=coupled)
+
+
+def _template_signal(spec: sp.Spectrum, fs: float) -> tuple[F32, float]:
+    """0.5-35 Hz copy at the envelope rate: templates, amplitude, limb identities, steps."""
+    f = spec.freqs
+    band = sp.raised_cosine_band(f, _TEMPLATE_BAND_HZ[0], np.inf, _HP_ROLLOFF_HZ)
+    band *= sp.raised_cosine_band(f, 0.0, _TEMPLATE_BAND_HZ[1], _QRS_ROLLOFF_HZ)
+    return sp.fft_filter_resampled(spec, band, fs, _ENVELOPE_RATE_HZ)
+
+
+def _cross_lead(
+    low: F32, d2_abs: F32, spec: sp.Spectrum, fs: float, leads: Sequence[str], env: tuple[F32, B1, float],
+    cfg: GateConfig,
+) -> tuple[CrossLead, Templates]:
+    """Record-level cross-lead indices and the beat templates they come from.
+
+    ``env``: the peak-normalised QRS envelopes, the leads with a plausible QRS train, and
+    the envelope rate (that of ``low`` too).
+    """
+    qrs_env, usable, env_fs = env
+    beats = consensus_peaks(qrs_env, usable, env_fs, cfg)
+    tm = templates(
+        low, beats, env_fs, cfg.template_window_s, cfg.template_keep_corr, cfg.template_max_beats,
+        cfg.template_floor_mv**2,
+    )
+    cross = CrossLead(
+        pacing=_pacing_stats(d2_abs, spec, fs, leads, beats, env_fs, cfg),
+        limb=_crosslead.limb_morphology(tm, leads),
+        precordial=_crosslead.precordial_order(tm, leads),
+        template_beats=tm.beats,
+    )
+    return cross, tm
+
+
+def _burst_indices(low: F32, low_fs: float, d2_abs: F32, fs: float, tm: Templates, leads: Sequence[str],
+                   cfg: GateConfig) -> tuple[F32, F32, F32]:
+    """(range ratio on the 0.5-35 Hz copy, HF-activity ratio on |2nd difference|, burst beats)."""
+    seg = (cfg.burst_segment_s, cfg.burst_window_segments, cfg.burst_edge_s)
+    ranges = _bursts.window_ratio(low, low_fs, *seg, "range")
+    activity = _bursts.window_ratio(d2_abs, fs, *seg, "mean")
+    # FFT-domain filters wrap around at the record ends: judge only beats clear of the edges.
+    edge, n = round(cfg.burst_edge_s * low_fs), low.shape[-1]
+    lo, hi = round(tm.offsets_s[0] * low_fs), round(tm.offsets_s[-1] * low_fs)
+    inner = tm.valid & (tm.positions + lo >= edge) & (tm.positions + hi < n - edge)
+    beats = _bursts.beat_bursts(
+        (tm.residual, tm.residual_ms), inner, _independent_leads(leads), cfg.burst_beat_swamped,
+        cfg.burst_beat_over_time, (cfg.burst_beat_changed, cfg.burst_beat_changed_mv), cfg.burst_beat_max_leads,
+    )
+    return ranges, activity, beats
+
+
 def compute(
     x: F32, non_finite: B1, fs: float, leads: Sequence[str], rails: F32 | None, cfg: GateConfig, n_real: int
 ) -> LeadMetrics:
@@ -135,27 +235,41 @@ def compute(
     bands = sp.mean_square(sp.band_powers(spec.power, masks), spec.n)
     diag_ms, qrs_ms, wander_ms = bands[..., 0], bands[..., 1], bands[..., 2]
     qrs_density = (qrs_ms / max(int(qrs_mask.sum()), 1)).astype(np.float32)
-    hp = sp.fft_filter(spec, sp.raised_cosine_band(f, cfg.wander_cutoff_hz, np.inf, _HP_ROLLOFF_HZ))
+    low, low_fs = _template_signal(spec, fs)
     detect_band = sp.raised_cosine_band(f, *cfg.qrs_detect_band_hz, _QRS_ROLLOFF_HZ)
     bp, env_fs = sp.fft_filter_resampled(spec, detect_band, fs, _ENVELOPE_RATE_HZ)
+    d2_abs = sp.abs_second_difference(x)
     flat, clip, rail = _time_metrics(x, fs, rails, cfg)
     duration_s = n_real / fs
     qrs_duration_s = max(duration_s - 2 * cfg.qrs_edge_s, 0.0)
     qrs, qrs_env = per_lead(bp, env_fs, qrs_duration_s, cfg)
+    qrs_ok = lead_plausible(qrs, cfg)
+    cross, tm = _cross_lead(low, d2_abs, spec, fs, leads, (qrs_env, qrs_ok, env_fs), cfg)
+    burst_range, burst_hf, burst_beats = _burst_indices(low, low_fs, d2_abs, fs, tm, leads, cfg)
+    hf_ratio, hf_rms = _hf_ratio(spec, fs, qrs_density, cfg)
+    line_ratio, line_rms = _line_ratio(spec, fs, qrs_ms, cfg)
     return LeadMetrics(
         non_finite=non_finite,
         rms_mv=np.sqrt(diag_ms),
         flat_fraction=flat,
         clip_fraction=clip,
         rail_fraction=rail,
-        max_abs_mv=np.abs(hp).max(axis=-1),
+        max_abs_mv=np.abs(low).max(axis=-1),
         wander_ratio=_ratio(wander_ms, qrs_ms),
-        hf_ratio=_hf_ratio(spec, fs, qrs_density, cfg),
-        line_ratio=_line_ratio(spec, fs, qrs_ms, cfg),
+        wander_rms_mv=np.sqrt(wander_ms),
+        hf_ratio=hf_ratio,
+        hf_rms_mv=hf_rms,
+        line_ratio=line_ratio,
+        line_rms_mv=line_rms,
         qrs=qrs,
-        qrs_ok=lead_plausible(qrs, cfg),
+        qrs_ok=qrs_ok,
         qrs_env=qrs_env,
-        limb_residual=_limb_residual(hp, leads, cfg),
+        limb_residual=_limb_residual(low, leads, cfg),
+        burst_range=burst_range,
+        burst_hf=burst_hf,
+        burst_beats=burst_beats,
+        template_corr=tm.corr,
+        cross=cross,
         duration_s=duration_s,
         qrs_duration_s=qrs_duration_s,
         env_fs=env_fs,

@@ -100,13 +100,27 @@ def lead_plausible(stats: QrsStats, cfg: GateConfig) -> NDArray[np.bool_]:
     return stats.span_ok & (stats.snr >= cfg.qrs_min_snr) & (stats.level >= cfg.qrs_min_level_mv)
 
 
+def _mean_envelope(norm_env: F32, usable: NDArray[np.bool_]) -> tuple[F32, F32]:
+    """Mean normalised envelope over the usable leads (B, N) and their count (B,)."""
+    weight = usable.astype(np.float32)
+    count = weight.sum(axis=-1)
+    mean_env = (np.einsum("bln,bl->bn", norm_env, weight) / np.maximum(count, 1.0)[:, None]).astype(np.float32)
+    return mean_env, count
+
+
+def consensus_peaks(norm_env: F32, usable: NDArray[np.bool_], fs: float, cfg: GateConfig) -> NDArray[np.bool_]:
+    """(B, N) beats of the mean envelope over ``usable`` leads (all leads where none is)."""
+    usable = np.where(usable.any(axis=-1, keepdims=True), usable, True)
+    mean_env, _ = _mean_envelope(norm_env, usable)
+    _, top = _levels(mean_env, cfg)
+    return _peaks(mean_env, cfg.qrs_threshold_fraction * top, fs, cfg)
+
+
 def consensus(
     norm_env: F32, usable: NDArray[np.bool_], fs: float, duration_s: float, cfg: GateConfig
 ) -> tuple[QrsStats, NDArray[np.bool_]]:
     """Beat train of the mean normalised envelope over usable leads, and its plausibility (B,)."""
-    weight = usable.astype(np.float32)
-    count = weight.sum(axis=-1)
-    mean_env = (np.einsum("bln,bl->bn", norm_env, weight) / np.maximum(count, 1.0)[:, None]).astype(np.float32)
+    mean_env, count = _mean_envelope(norm_env, usable)
     stats = _train(mean_env, _levels(mean_env, cfg), fs, duration_s, cfg)
     # Averaging n leads of independent noise shrinks its peak/floor excess like 1/sqrt(n).
     min_snr = 1.0 + cfg.qrs_consensus_excess / np.sqrt(np.maximum(count, 1.0))

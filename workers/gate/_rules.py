@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._config import GateConfig, QualityReason
+from ._crosslead import PRECORDIAL
 from ._metrics import LeadMetrics
 from ._qrs import QrsStats, consensus
 
@@ -18,6 +19,10 @@ B1 = NDArray[np.bool_]
 REASONS: tuple[QualityReason, ...] = tuple(sorted(QualityReason, key=lambda r: r.value))
 COLUMN = {reason: k for k, reason in enumerate(REASONS)}
 _LIMB_BASE = ("I", "II")  # leads the derived limb leads are computed from
+# Leads an LA/RA reversal relabels (aVF, from LL against the mean of LA and RA, is unchanged).
+_REVERSED = ("I", "II", "III", "AVR", "AVL")
+# Reasons that never make the record degraded by themselves (when so configured).
+_RECORD_ONLY_INFO = (QualityReason.PACING_SPIKES,)
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,57 @@ def _noise_flags(m: LeadMetrics, cfg: GateConfig) -> dict[QualityReason, tuple[B
         QualityReason.HIGH_FREQ_NOISE: (m.hf_ratio, cfg.hf_ratio_soft, cfg.hf_ratio_bad),
         QualityReason.POWERLINE: (m.line_ratio, cfg.line_ratio_soft, cfg.line_ratio_bad),
     }
-    return {r: ((v >= soft) & live, (v >= bad) & live) for r, (v, soft, bad) in pairs.items()}
+    out = {r: ((v >= soft) & live, (v >= bad) & live) for r, (v, soft, bad) in pairs.items()}
+    # Absolute floors: noise visible on paper at standard gain, however large the QRS.
+    floors = {
+        QualityReason.BASELINE_WANDER: m.wander_rms_mv >= cfg.wander_rms_soft_mv,
+        QualityReason.HIGH_FREQ_NOISE: m.hf_rms_mv >= cfg.hf_rms_soft_mv,
+        QualityReason.POWERLINE: m.line_rms_mv >= cfg.line_rms_soft_mv,
+    }
+    for reason, floor in floors.items():
+        out[reason] = (out[reason][0] | (floor & live), out[reason][1])
+    # A burst is a jump in amplitude (pop, step), in slope (EMG/motion burst) or a swamped beat.
+    jump = (m.burst_range >= cfg.burst_range_soft) | (m.burst_hf >= cfg.burst_hf_soft) | (m.burst_beats >= 1)
+    # Masked only when the jump dwarfs every beat (it would dominate the model's input scaling).
+    out[QualityReason.BURST_NOISE] = (jump & live, (m.burst_range >= cfg.burst_range_bad) & live)
+    return out
+
+
+def _positions(names: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    return [names.index(w) for w in wanted if w in names]
+
+
+def _reversal(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateConfig) -> B1:
+    """(B,) LA/RA reversal: lead I discordant with V5/V6 and its P wave or QRS negative."""
+    limb = m.cross.limb
+    inverted = (limb.p_wave_mv < cfg.reversal_p_wave_mv) | (limb.qrs_polarity < cfg.reversal_qrs_polarity_max)
+    cues_ok = ~hard[:, _positions(names, ("I", "V5", "V6"))].any(axis=-1)
+    return limb.available & cues_ok & (limb.lateral_corr < cfg.reversal_lateral_corr_max) & inverted
+
+
+def _precordial_swap(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateConfig) -> B1:
+    """(B, L) the two leads of a likely precordial swap."""
+    order = m.cross.precordial
+    usable = order.available & ~hard[:, _positions(names, PRECORDIAL)].any(axis=-1)
+    swapped = usable & (order.gain > cfg.precordial_swap_gain)
+    out = np.zeros(hard.shape, dtype=bool)
+    rows = np.flatnonzero(swapped)
+    out[rows, order.pair[rows, 0]] = True
+    out[rows, order.pair[rows, 1]] = True
+    return out
+
+
+def _cross_lead_flags(m: LeadMetrics, names: Sequence[str], flags: B1, hard: B1, cfg: GateConfig) -> None:
+    """Add (in place) morphology reasons, which need the other leads' verdicts first."""
+    reversed_ = _reversal(m, names, hard, cfg)
+    relabelled = np.zeros(hard.shape, dtype=bool)
+    relabelled[:, _positions(names, _REVERSED)] = reversed_[:, None]
+    swapped = _precordial_swap(m, names, hard, cfg)
+    flags[..., COLUMN[QualityReason.LIMB_LEAD_REVERSAL]] = relabelled
+    flags[..., COLUMN[QualityReason.PRECORDIAL_LEAD_SWAP]] = swapped
+    hard |= swapped
+    if cfg.reversal_masks_leads:
+        hard |= relabelled
 
 
 def lead_flags(m: LeadMetrics, cfg: GateConfig, limb_base: Sequence[int]) -> tuple[B1, B1]:
@@ -74,7 +129,16 @@ def lead_flags(m: LeadMetrics, cfg: GateConfig, limb_base: Sequence[int]) -> tup
     base_ok = ~hard[:, list(limb_base)].any(axis=-1, keepdims=True)
     inconsistent = (m.limb_residual > cfg.limb_max_residual) & ~hard & base_ok
     flags[..., COLUMN[QualityReason.LIMB_LEAD_INCONSISTENT]] = inconsistent
+    # Beats that do not repeat: only meaningful where a beat train was found on the lead.
+    unstable = (m.template_corr >= -1.0) & (m.template_corr < cfg.template_corr_soft) & m.qrs_ok & ~hard
+    flags[..., COLUMN[QualityReason.BEAT_INCONSISTENT]] = unstable & (m.cross.template_beats >= 3)[:, None]
     return flags, hard
+
+
+def paced(m: LeadMetrics, cfg: GateConfig) -> B1:
+    """(B,) enough spikes, each leading a beat, for a paced rhythm (never below the rate floor)."""
+    needed = max(2.0, cfg.pacing_min_per_10s * m.duration_s / 10.0)
+    return m.cross.pacing.coupled >= needed
 
 
 def _record_flags(flags: B1, m: LeadMetrics, no_qrs: B1, missing: bool, cfg: GateConfig) -> B1:
@@ -83,12 +147,22 @@ def _record_flags(flags: B1, m: LeadMetrics, no_qrs: B1, missing: bool, cfg: Gat
     record[:, COLUMN[QualityReason.NO_QRS]] |= no_qrs
     record[:, COLUMN[QualityReason.TOO_SHORT]] = m.duration_s < cfg.min_duration_s
     record[:, COLUMN[QualityReason.MISSING_LIMB_LEADS]] = missing
+    record[:, COLUMN[QualityReason.PACING_SPIKES]] = paced(m, cfg)
     return record
+
+
+def _degrading(record_flags: B1, cfg: GateConfig) -> B1:
+    """(B,) any reason that degrades the record (pacing only when configured so)."""
+    counted = np.ones(record_flags.shape[-1], dtype=bool)
+    if not cfg.pacing_degrades:
+        counted[[COLUMN[r] for r in _RECORD_ONLY_INFO]] = False
+    return np.asarray(record_flags[:, counted].any(axis=-1), dtype=bool)
 
 
 def decide(m: LeadMetrics, leads: Sequence[str], cfg: GateConfig) -> Decision:
     names = [name.upper() for name in leads]
     flags, hard = lead_flags(m, cfg, [names.index(b) for b in _LIMB_BASE if b in names])
+    _cross_lead_flags(m, names, flags, hard, cfg)
     required = [names.index(r.upper()) for r in cfg.required_leads if r.upper() in names]
     missing = len(required) < len(cfg.required_leads)
     qrs, qrs_ok = consensus(m.qrs_env, ~hard, m.env_fs, m.qrs_duration_s, cfg)
@@ -102,5 +176,5 @@ def decide(m: LeadMetrics, leads: Sequence[str], cfg: GateConfig) -> Decision:
         | (hard.sum(axis=-1) > cfg.max_bad_leads)
     )
     lead_code = np.where(hard, 2, np.where(flags.any(axis=-1), 1, 0)).astype(np.int8)
-    record_code = np.where(reject, 2, np.where(record_flags.any(axis=-1), 1, 0)).astype(np.int8)
+    record_code = np.where(reject, 2, np.where(_degrading(record_flags, cfg), 1, 0)).astype(np.int8)
     return Decision(flags, hard, lead_code, record_code, record_flags, qrs, qrs_ok)

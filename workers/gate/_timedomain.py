@@ -16,8 +16,29 @@ def constant_run_fraction(x: F32, run_len: int) -> F32:
     """
     n = x.shape[-1]
     steps = max(run_len - 1, 1)
+    out = np.zeros(x.shape[:-1], dtype=np.float32)
     if n <= steps:
-        return np.zeros(x.shape[:-1], dtype=np.float32)
+        return out
+    # Fast path: a run of >= run_len samples covers >= 4 successive points of the grid
+    # 0, h, 2h, ... (h = run_len // 4), all equal; only leads showing that need the exact
+    # count (a real ECG rarely repeats one value 4 times at 50 ms spacing).
+    candidates = np.flatnonzero(_grid_repeats(x, max(run_len // 4, 1)))
+    if candidates.size == 0:
+        return out
+    flat = x.reshape(-1, n)[candidates]
+    out.reshape(-1)[candidates] = _exact_run_fraction(flat, steps)
+    return out
+
+
+def _grid_repeats(x: F32, step: int) -> NDArray[np.bool_]:
+    grid = x[..., ::step]
+    same = grid[..., 1:] == grid[..., :-1]
+    return (same[..., 2:] & same[..., 1:-1] & same[..., :-2]).any(axis=-1)
+
+
+def _exact_run_fraction(x: F32, steps: int) -> F32:
+    """Per row of (R, N): fraction of samples starting ``steps`` equal successive samples."""
+    n = x.shape[-1]
     same = x[..., 1:] == x[..., :-1]
     counts = np.concatenate(
         [np.zeros((*x.shape[:-1], 1), dtype=np.int32), np.cumsum(same, axis=-1, dtype=np.int32)], axis=-1
@@ -40,9 +61,15 @@ def extreme_plateau_fraction(x: F32, min_visits: int) -> F32:
     excursions (beats) to the same value. Counting only extremes visited in >= ``min_visits``
     separate runs ignores one held stretch (e.g. a recorder holding the last value at the end).
     """
-    at_max = x == x.max(axis=-1, keepdims=True)
-    at_min = x == x.min(axis=-1, keepdims=True)
-    return np.maximum(_side_plateau(at_max, min_visits), _side_plateau(at_min, min_visits))
+    out = np.zeros(x.shape[:-1], dtype=np.float32)
+    for extreme in (x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)):
+        at = x == extreme
+        # Fewer samples at the extreme than visits required: no plateau, skip the run count.
+        rows = np.flatnonzero(at.sum(axis=-1) >= min_visits)
+        if rows.size:
+            sub = at.reshape(-1, x.shape[-1])[rows]
+            out.reshape(-1)[rows] = np.maximum(out.reshape(-1)[rows], _side_plateau(sub, min_visits))
+    return out
 
 
 def rail_fraction(x: F32, rails_mv: F32, tolerance_fraction: float) -> F32:

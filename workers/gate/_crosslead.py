@@ -1,0 +1,118 @@
+"""Cross-lead consistency from beat templates: limb-electrode reversal and precordial order.
+
+Limb (LA/RA) reversal. Recorders derive III, aVR, aVL, aVF from the measured I and II, so a
+swapped electrode keeps every Einthoven/Goldberger identity; it shows in morphology instead:
+lead I is inverted. Lead I normally shares the leftward axis of V5/V6 (its beat template
+correlates positively with theirs) and has an upright P wave and a net positive QRS. A
+reversal makes lead I anti-correlated with V5/V6 *and* turns its P wave or QRS negative. Left
+anterior fascicular block, lateral infarction or a paced rhythm can also make lead I differ
+from V5/V6, but keep its upright P (sinus) and dominant R: the second cue separates them.
+
+Precordial order. Neighbouring chest electrodes see the heart from neighbouring angles, so
+along V1..V6 each template most resembles the next one. The "path" cost of an order is
+the sum of (1 - correlation) between successive leads; a swapped pair makes the recorded
+order costlier than the order with the pair put back. The index is log(cost of the
+recorded order / cost of the best single transposition); large = a transposition explains
+the record much better. Adjacent swaps (V5/V6 look alike) stay hard to see.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._beats import Templates, _zscore
+
+F32 = NDArray[np.float32]
+NOT_AVAILABLE = -1.0
+PRECORDIAL = ("V1", "V2", "V3", "V4", "V5", "V6")
+_PAIRS = tuple(itertools.combinations(range(len(PRECORDIAL)), 2))
+_TINY = np.float32(1e-6)
+
+
+@dataclass(frozen=True)
+class LimbMorphology:
+    """Per record (B,): reversal cues; NOT_AVAILABLE where a lead or the beats are missing."""
+
+    lateral_corr: F32  # mean correlation of lead I's template with V5 and V6
+    p_wave_mv: F32  # lead I P-wave amplitude against the PR/TP baseline
+    qrs_polarity: F32  # lead I net QRS area / absolute area, in [-1, 1]
+    available: NDArray[np.bool_]  # (B,) leads present and beats found (-1 is a valid correlation)
+
+
+@dataclass(frozen=True)
+class PrecordialOrder:
+    gain: F32  # (B,) log(recorded-order cost / best single-swap cost); 0 when not available
+    pair: NDArray[np.int64]  # (B, 2) lead positions (in ``leads``) of the best swap; -1 when none
+    available: NDArray[np.bool_]  # (B,) V1-V6 present and beats found
+
+
+def _window_mean(t: F32, offsets_s: NDArray[np.float64], lo: float, hi: float) -> F32:
+    sel = (offsets_s >= lo - 1e-9) & (offsets_s <= hi + 1e-9)
+    return t[..., sel].mean(axis=-1) if sel.any() else np.zeros(t.shape[:-1], np.float32)
+
+
+def _baseline(t: F32, offsets_s: NDArray[np.float64]) -> F32:
+    """Isoelectric level: mean of the TP end (-300..-260 ms) and the PR segment (-70..-50 ms)."""
+    return 0.5 * (_window_mean(t, offsets_s, -0.30, -0.26) + _window_mean(t, offsets_s, -0.07, -0.05))
+
+
+def _qrs_polarity(t: F32, offsets_s: NDArray[np.float64], base: F32) -> F32:
+    sel = (offsets_s >= -0.06 - 1e-9) & (offsets_s <= 0.06 + 1e-9)
+    q = t[..., sel] - base[..., None]
+    return (q.sum(axis=-1) / (np.abs(q).sum(axis=-1) + _TINY)).astype(np.float32)
+
+
+def limb_morphology(tm: Templates, leads: Sequence[str]) -> LimbMorphology:
+    names = [n.upper() for n in leads]
+    batch = tm.template.shape[0]
+    na = np.full(batch, NOT_AVAILABLE, dtype=np.float32)
+    lateral = [names.index(v) for v in ("V5", "V6") if v in names]
+    if "I" not in names or not lateral:
+        return LimbMorphology(na, na.copy(), na.copy(), np.zeros(batch, dtype=bool))
+    lead_i = tm.template[:, names.index("I")]
+    z = _zscore(tm.template)
+    corr = np.einsum("bw,blw->bl", z[:, names.index("I")], z[:, lateral]).mean(axis=-1)
+    base = _baseline(lead_i, tm.offsets_s)
+    p_wave = _window_mean(lead_i, tm.offsets_s, -0.22, -0.10) - base
+    polarity = _qrs_polarity(lead_i, tm.offsets_s, base)
+    return LimbMorphology(
+        _where_beats(tm, corr), _where_beats(tm, p_wave), _where_beats(tm, polarity), tm.beats > 0
+    )
+
+
+def _where_beats(tm: Templates, values: F32) -> F32:
+    return np.where(tm.beats > 0, values, np.float32(NOT_AVAILABLE)).astype(np.float32)
+
+
+def _path_costs(corr: F32) -> F32:
+    """(B, 1 + 15) path cost of the recorded order, then of each single transposition."""
+    orders = [list(range(6))]
+    for a, b in _PAIRS:
+        order = list(range(6))
+        order[a], order[b] = b, a
+        orders.append(order)
+    idx = np.array(orders)  # (P, 6)
+    steps = corr[:, idx[:, :-1], idx[:, 1:]]  # (B, P, 5)
+    return (1.0 - steps).sum(axis=-1).astype(np.float32)
+
+
+def precordial_order(tm: Templates, leads: Sequence[str]) -> PrecordialOrder:
+    names = [n.upper() for n in leads]
+    batch = tm.template.shape[0]
+    if not all(v in names for v in PRECORDIAL):
+        return PrecordialOrder(np.zeros(batch, np.float32), np.full((batch, 2), -1, np.int64), np.zeros(batch, bool))
+    pos = [names.index(v) for v in PRECORDIAL]
+    z = _zscore(tm.template[:, pos])
+    costs = _path_costs(np.einsum("bkw,bjw->bkj", z, z))
+    best = costs[:, 1:].argmin(axis=-1)
+    gain = np.log((costs[:, 0] + _TINY) / (costs[:, 1:].min(axis=-1) + _TINY))
+    pair = np.array(pos)[np.array(_PAIRS)[best]]
+    ok = tm.beats > 0
+    return PrecordialOrder(
+        np.where(ok, gain, 0.0).astype(np.float32), np.where(ok[:, None], pair, -1).astype(np.int64), ok
+    )
