@@ -278,3 +278,12 @@ def test_any_arrival_order_leaves_one_alert_per_episode() -> None:
         got = simulate(list(order), WINDOW)
         assert sum(d.admission is Admission.ADDED for d in got) == 1
         assert len({d.target for d in got}) == 1
+
+
+def test_pacing_spikes_seen_by_the_gate_count_as_paced() -> None:
+    from workers.gate import QualityReason
+
+    spiked = Quality(QualityStatus.DEGRADED, (QualityReason.PACING_SPIKES.value,))
+    assert QualityReason.PACING_SPIKES.value == "pacing_spikes"
+    assert eligibility(event(pacemaker=None), spiked, MI, PolicyConfig()) is Ineligible.PACED
+    assert eligibility(event(pacemaker=None), spiked, AFIB, PolicyConfig()) is None

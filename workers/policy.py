@@ -56,6 +56,9 @@ class AlertFlag(StrEnum):
     CLOCK_SKEW = "clock_skew"
 
 
+PACING_SPIKES = "pacing_spikes"  # the gate's reason code (workers.gate.QualityReason.PACING_SPIKES)
+
+
 class Ineligible(StrEnum):
     """Why a task crossed its threshold but raised no alert."""
 
@@ -154,9 +157,14 @@ def eligibility(event: ECGEvent, quality: Quality, task: TaskSpec, config: Polic
     age = _age_rule(event.age_years, min_age, config.max_age_years)
     if age is not None:
         return age
-    if event.pacemaker and task.id not in config.paced_allowed_tasks:
+    if _paced(event, quality) and task.id not in config.paced_allowed_tasks:
         return Ineligible.PACED
     return None
+
+
+def _paced(event: ECGEvent, quality: Quality) -> bool:
+    """The feed's pacemaker flag, or pacing spikes the gate saw (feeds often omit the flag)."""
+    return bool(event.pacemaker) or PACING_SPIKES in quality.reasons
 
 
 def _age_rule(age: float | None, lo: float, hi: float | None) -> Ineligible | None:
