@@ -29,8 +29,11 @@ GROUP = "ecgscreen-it"
 @pytest.fixture(scope="module")
 def settings(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     state = tmp_path_factory.mktemp("worker")
+    # An untrained bundle of its own: this test is about plumbing and accounting, and
+    # its verdicts must say the model is untrained.
     env = {**stack.env(), "ECGSCREEN_STATE_DIR": str(state), "ECGSCREEN_GROUP_ID": GROUP,
-           "ECGSCREEN_MAX_BATCH": "16", "ECGSCREEN_MAX_WAIT_S": "0.1"}
+           "ECGSCREEN_MAX_BATCH": "16", "ECGSCREEN_MAX_WAIT_S": "0.1",
+           "ECGSCREEN_BUNDLE": str(state / "bundles" / "untrained-r18")}
     return load_settings(env)
 
 
