@@ -31,7 +31,7 @@ from ops.stack import StackInfo, embedded_stack
 from ops.triage_cmd import stats_lines
 from schemas.messages import Alert
 from workers.fhir import alert_bundle, to_json
-from workers.settings import Settings, Topics, load_settings
+from workers.settings import DEFAULT_BUNDLE, Settings, Topics, load_settings
 from workers.subscribers import Subscription, alert_line, consume
 from workers.triage import TriageStore
 from workers.triage_stats import triage_stats
@@ -141,11 +141,16 @@ def _worker_env(cfg: DemoConfig, stack: StackInfo) -> dict[str, str]:
 
 
 def ensure_bundle(path: Path, say: Callable[[str], None] = print) -> None:
-    """The untrained bundle is made on first use (deterministic seed) rather than committed."""
+    """A missing bundle is made untrained on first use (deterministic seed), except the committed
+    trained default: writing random weights under the trained bundle's name would be worse than failing."""
     if (path / "bundle.json").exists():
         return
-    from models.bundle import init_untrained_bundle
+    from models.bundle import BundleError, BundleReason, init_untrained_bundle
 
+    if path.resolve() == DEFAULT_BUNDLE.resolve():
+        raise BundleError(BundleReason.MISSING_FILE,
+                          f"the committed trained bundle {path} is missing: restore it from git, run from the "
+                          "repository root, or pass --bundle / ECGSCREEN_BUNDLE")
     init_untrained_bundle(path)
     say(f"bundle: created UNTRAINED R18 bundle at {path}")
 
