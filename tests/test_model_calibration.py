@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,6 @@ from models.calibration import (
 from models.catalog import catalog_task
 from models.config import BundleConfig, Calibration, ModelConfigError, ThresholdTarget
 from models.engine import make_engine
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny test models gain nothing from a second thread, and on cores shared with other jobs
-    OpenMP threads wait for each other at every layer (measured: this suite 20 s vs 98 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def gaussian_scores(n: int, mu: float, prevalence: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

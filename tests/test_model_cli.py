@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -12,16 +11,6 @@ import torch
 
 from ops.cli import main
 from ops.feed import malformed_payloads, simulated_records
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny test models gain nothing from a second thread, and on cores shared with other jobs
-    OpenMP threads wait for each other at every layer (measured: this suite 20 s vs 98 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

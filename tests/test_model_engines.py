@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,6 @@ from models.engine import (
 )
 from models.resnet import fold_batchnorm
 from models.verify import TOLERANCES, synthetic_inputs, verify_engine
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny test models gain nothing from a second thread, and on cores shared with other jobs
-    OpenMP threads wait for each other at every layer (measured: this suite 20 s vs 98 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 CUDA = torch.cuda.is_available()
 NO_CUDA = "CUDA is not available here (torch.cuda.is_available() is False): GPU engine not exercised"

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,6 @@ from models.engine import EngineError, make_engine
 from models.preprocess import PreprocessError, prepare_batch, prepare_record
 from models.resnet import ResNet1d
 from schemas.messages import ModelRef, TaskGroup
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny test models gain nothing from a second thread, and on cores shared with other jobs
-    OpenMP threads wait for each other at every layer (measured: this suite 20 s vs 98 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 SMALL = 8  # base_width for fast tests
 SPEC_100 = InputSpec(sampling_rate_hz=100.0, n_samples=1000)
