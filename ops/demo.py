@@ -114,6 +114,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, o
     # (memory storage), so a kept AOF would mark the new feed as already processed.
     shutil.rmtree(cfg.state_dir / "stack", ignore_errors=True)
     (cfg.state_dir / "worker.log").unlink(missing_ok=True)
+    (cfg.state_dir / "worker.ready").unlink(missing_ok=True)  # a stale marker would start the feed too early
     with embedded_stack(cfg.state_dir / "stack", topics.all(), cfg.partitions) as stack:
         say(f"stack: broker {stack.kafka_bootstrap}, redis {stack.redis_url}")
         env = _worker_env(cfg, stack)
