@@ -69,7 +69,7 @@ async def _collect(settings: Settings, keys: set[str]) -> OutputCollector:
 
 
 async def _offsets(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=GROUP,
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=settings.kafka.group_id,
                                 enable_auto_commit=False)
     await consumer.start()
     try:
