@@ -140,6 +140,26 @@ local function held_by_other(P, site, id, actor, now)
   if lease and tonumber(lease) > now and holder and holder ~= actor then return holder end
   return nil
 end
+
+-- The alert's site, state key and the server time, or an error reply: shared by every
+-- action on one alert that a resolved alert must refuse.
+local function open_alert(P, id)
+  local site = site_of(P, id)
+  if not site then return nil, nil, nil, {'err', 'alert_not_found', id} end
+  local sk = P .. ':state:' .. id
+  if redis.call('HGET', sk, 'status') == 'resolved' then return nil, nil, nil, {'err', 'already_resolved', id} end
+  return site, sk, now_ms(), nil
+end
+
+-- Give ``holder`` the alert until now + lease_ms (claim and reassign).
+local function grant_lease(P, site, sk, id, holder, now, lease_ms)
+  unlist(P, site, id)
+  local until_ms = now + lease_ms
+  redis.call('ZADD', P .. ':claimed:' .. site, ms(until_ms), id)
+  redis.call('HSET', sk, 'status', 'claimed', 'actor', holder, 'lease_until', ms(until_ms))
+  redis.call('HSETNX', sk, 'claimed_ms', ms(now))
+  return until_ms
+end
 """
 
 # ARGV: 1 prefix 2 site 3 alert_id 4 json 5 episode 6 priority 7 band 8 created_at 9 created_ms
@@ -242,11 +262,7 @@ if st[1] == 'resolved' then return {'err', 'already_resolved', id} end
 if redis.call('ZSCORE', P .. ':claimed:' .. site, id) and st[2] and st[2] ~= actor then
   return {'err', 'claimed_by_other', st[2]}
 end
-unlist(P, site, id)
-local until_ms = now + tonumber(ARGV[5])
-redis.call('ZADD', P .. ':claimed:' .. site, ms(until_ms), id)
-redis.call('HSET', sk, 'status', 'claimed', 'actor', actor, 'lease_until', ms(until_ms))
-redis.call('HSETNX', sk, 'claimed_ms', ms(now))
+local until_ms = grant_lease(P, site, sk, id, actor, now, tonumber(ARGV[5]))
 audit(P, site, 'claimed', id, actor, now, '{"lease_until":' .. ms(until_ms) .. '}')
 return {'ok', id, ms(until_ms)}
 """
@@ -254,11 +270,8 @@ return {'ok', id, ms(until_ms)}
 # ARGV: 1 prefix 2 alert id 3 actor 4 outcome 5 note 6 audit detail
 RESOLVE = PRELUDE + r"""
 local P, id, actor = ARGV[1], ARGV[2], ARGV[3]
-local site = site_of(P, id)
-if not site then return {'err', 'alert_not_found', id} end
-local now = now_ms()
-local sk = P .. ':state:' .. id
-if redis.call('HGET', sk, 'status') == 'resolved' then return {'err', 'already_resolved', id} end
+local site, sk, now, err = open_alert(P, id)
+if err then return err end
 local other = held_by_other(P, site, id, actor, now)
 if other then return {'err', 'claimed_by_other', other} end
 unlist(P, site, id)
@@ -273,16 +286,9 @@ return {'ok', id}
 # ARGV: 1 prefix 2 alert id 3 actor 4 new holder 5 lease ms 6 audit detail
 REASSIGN = PRELUDE + r"""
 local P, id, actor = ARGV[1], ARGV[2], ARGV[3]
-local site = site_of(P, id)
-if not site then return {'err', 'alert_not_found', id} end
-local now = now_ms()
-local sk = P .. ':state:' .. id
-if redis.call('HGET', sk, 'status') == 'resolved' then return {'err', 'already_resolved', id} end
-unlist(P, site, id)
-local until_ms = now + tonumber(ARGV[5])
-redis.call('ZADD', P .. ':claimed:' .. site, ms(until_ms), id)
-redis.call('HSET', sk, 'status', 'claimed', 'actor', ARGV[4], 'lease_until', ms(until_ms))
-redis.call('HSETNX', sk, 'claimed_ms', ms(now))
+local site, sk, now, err = open_alert(P, id)
+if err then return err end
+local until_ms = grant_lease(P, site, sk, id, ARGV[4], now, tonumber(ARGV[5]))
 audit(P, site, 'reassigned', id, actor, now, ARGV[6])
 return {'ok', id, ms(until_ms)}
 """
@@ -290,11 +296,8 @@ return {'ok', id, ms(until_ms)}
 # ARGV: 1 prefix 2 alert id 3 actor 4 snooze seconds 5 audit detail
 SNOOZE = PRELUDE + r"""
 local P, id, actor = ARGV[1], ARGV[2], ARGV[3]
-local site = site_of(P, id)
-if not site then return {'err', 'alert_not_found', id} end
-local now = now_ms()
-local sk = P .. ':state:' .. id
-if redis.call('HGET', sk, 'status') == 'resolved' then return {'err', 'already_resolved', id} end
+local site, sk, now, err = open_alert(P, id)
+if err then return err end
 local other = held_by_other(P, site, id, actor, now)
 if other then return {'err', 'claimed_by_other', other} end
 unlist(P, site, id)
