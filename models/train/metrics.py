@@ -1,8 +1,7 @@
 """Ranking and threshold metrics with percentile-bootstrap 95% intervals. Pure numpy/scipy.
 
-* AUROC: Mann-Whitney U / (n_pos * n_neg), ties counted half.
-* PRAUC: average precision, step-wise without interpolation, tied scores taken together
-  (the definition scikit-learn's ``average_precision_score`` uses).
+* AUROC and PRAUC (average precision) are models.calibration's, the ones that choose
+  operating points, so training reports and bundles agree on one definition.
 * Intervals: the same record resamples for every task and every statistic, so a macro mean's
   interval and paired differences between models come from one joint resampling. Resamples
   lacking a positive or a negative for a task give NaN for it and are left out of its interval.
@@ -16,7 +15,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import rankdata
+
+from models import calibration
 
 F64 = npt.NDArray[np.float64]
 Bool = npt.NDArray[np.bool_]
@@ -26,25 +26,15 @@ CI_LEVEL = 0.95
 
 
 def auroc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """models.calibration's AUROC, NaN when a class is absent (a bootstrap resample can lose one)."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return calibration.auroc(s, y) if y.any() and not y.all() else float("nan")
 
 
 def average_precision(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """models.calibration's average precision (PRAUC), NaN without positives."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    if not y.any():
-        return float("nan")
-    order = np.argsort(-s, kind="stable")
-    ss, ys = s[order], y[order]
-    last_of_tie = np.r_[np.diff(ss) != 0, True]
-    tp = np.cumsum(ys)[last_of_tie]
-    flagged = np.arange(1, s.size + 1)[last_of_tie]
-    recall_gain = np.diff(np.r_[0, tp]) / ys.sum()
-    return float(np.sum(recall_gain * tp / flagged))
+    return calibration.average_precision(s, y) if y.any() else float("nan")
 
 
 def sensitivity(scores: F64, labels: Bool, threshold: float) -> float:
