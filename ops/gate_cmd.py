@@ -38,6 +38,10 @@ def register(sub: Any) -> None:
     c.add_argument("--records", type=int, default=None, help="use only the first N records (quick look)")
     c.add_argument("--json", action="store_true", help="print the report as one JSON object instead")
     c.set_defaults(func=cmd_check)
+    f = actions.add_parser("fit-precordial", help="fit the precordial-order model on PTB-XL (writes its JSON)")
+    f.add_argument("--data-dir", type=Path, default=DEFAULT_SHARED_DATA)
+    f.add_argument("--out", type=Path, default=None, help="default: the gate's shipped precordial_model.json")
+    f.set_defaults(func=cmd_fit_precordial)
 
 
 def _line(key: str, ident: object, q: RecordQuality) -> dict[str, Any]:
@@ -120,4 +124,20 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         print_json(report)
     else:
         print(format_report(report))
+    return 0
+
+
+def cmd_fit_precordial(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.gate_fit import default_output, fit_precordial, write_model
+
+    if not (args.data_dir / "ptbxl_folds1-8_100hz.npz").exists():
+        print(f"ecgscreen gate fit-precordial: no PTB-XL data in {args.data_dir}", file=sys.stderr)
+        return 2
+    model, provenance = fit_precordial(args.data_dir)
+    out = args.out or default_output()
+    write_model(model, out)
+    weights = [round(float(w), 3) for w in model.weights]
+    print_json({"out": str(out), "records": provenance["records"], "weights": weights,
+                "fit_gain_quantiles": provenance["fit_gain_quantiles"],
+                "suggested_thresholds": provenance["suggested_thresholds"]})
     return 0

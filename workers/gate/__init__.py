@@ -5,7 +5,7 @@ see :mod:`workers.gate._config` for the reason codes, thresholds and the record 
 """
 
 from ._config import DEFAULT_CONFIG, GateConfig, GateInputError, QualityReason, RecordQuality
-from ._gate import gate_batch, gate_record
+from ._gate import beat_templates, gate_batch, gate_record
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -13,6 +13,7 @@ __all__ = [
     "GateInputError",
     "QualityReason",
     "RecordQuality",
+    "beat_templates",
     "gate_batch",
     "gate_record",
 ]

@@ -8,29 +8,24 @@ reversal makes lead I anti-correlated with V5/V6 *and* turns its P wave or QRS n
 anterior fascicular block, lateral infarction or a paced rhythm can also make lead I differ
 from V5/V6, but keep its upright P (sinus) and dominant R: the second cue separates them.
 
-Precordial order. Neighbouring chest electrodes see the heart from neighbouring angles, so
-along V1..V6 each template most resembles the next one. The "path" cost of an order is
-the sum of (1 - correlation) between successive leads; a swapped pair makes the recorded
-order costlier than the order with the pair put back. The index is log(cost of the
-recorded order / cost of the best single transposition); large = a transposition explains
-the record much better. Adjacent swaps (V5/V6 look alike) stay hard to see.
+Precordial order: see :mod:`._precordial` (a population model scores the recorded order of
+V1..V6 against each single transposition).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _precordial
 from ._beats import Templates, _zscore
 
 F32 = NDArray[np.float32]
 NOT_AVAILABLE = -1.0
 PRECORDIAL = ("V1", "V2", "V3", "V4", "V5", "V6")
-_PAIRS = tuple(itertools.combinations(range(len(PRECORDIAL)), 2))
 _TINY = np.float32(1e-6)
 
 
@@ -46,9 +41,9 @@ class LimbMorphology:
 
 @dataclass(frozen=True)
 class PrecordialOrder:
-    gain: F32  # (B,) log(recorded-order cost / best single-swap cost); 0 when not available
+    gain: F32  # (B,) score margin of the best single transposition over the recorded order; 0 when n/a
     pair: NDArray[np.int64]  # (B, 2) lead positions (in ``leads``) of the best swap; -1 when none
-    available: NDArray[np.bool_]  # (B,) V1-V6 present and beats found
+    available: NDArray[np.bool_]  # (B,) I, II, V1-V6 present, beats found, templates at the model's rate
 
 
 def _window_mean(t: F32, offsets_s: NDArray[np.float64], lo: float, hi: float) -> F32:
@@ -89,29 +84,16 @@ def _where_beats(tm: Templates, values: F32) -> F32:
     return np.where(tm.beats > 0, values, np.float32(NOT_AVAILABLE)).astype(np.float32)
 
 
-def _path_costs(corr: F32) -> F32:
-    """(B, 1 + 15) path cost of the recorded order, then of each single transposition."""
-    orders = [list(range(6))]
-    for a, b in _PAIRS:
-        order = list(range(6))
-        order[a], order[b] = b, a
-        orders.append(order)
-    idx = np.array(orders)  # (P, 6)
-    steps = corr[:, idx[:, :-1], idx[:, 1:]]  # (B, P, 5)
-    return (1.0 - steps).sum(axis=-1).astype(np.float32)
-
-
-def precordial_order(tm: Templates, leads: Sequence[str]) -> PrecordialOrder:
-    names = [n.upper() for n in leads]
+def precordial_order(tm: Templates, leads: Sequence[str], model: _precordial.PrecordialModel) -> PrecordialOrder:
     batch = tm.template.shape[0]
-    if not all(v in names for v in PRECORDIAL):
+    t8 = _precordial.model_leads(tm.template, leads)
+    fits = tm.fs == model.template_fs and tm.template.shape[-1] == model.template_samples
+    if t8 is None or not fits:
         return PrecordialOrder(np.zeros(batch, np.float32), np.full((batch, 2), -1, np.int64), np.zeros(batch, bool))
-    pos = [names.index(v) for v in PRECORDIAL]
-    z = _zscore(tm.template[:, pos])
-    costs = _path_costs(np.einsum("bkw,bjw->bkj", z, z))
-    best = costs[:, 1:].argmin(axis=-1)
-    gain = np.log((costs[:, 0] + _TINY) / (costs[:, 1:].min(axis=-1) + _TINY))
-    pair = np.array(pos)[np.array(_PAIRS)[best]]
+    gain, best = _precordial.swap_gain(t8, model)
+    names = [n.upper() for n in leads]
+    chest = np.array([names.index(v) for v in PRECORDIAL])
+    pair = chest[np.array(_precordial.PAIRS)[best]]
     ok = tm.beats > 0
     return PrecordialOrder(
         np.where(ok, gain, 0.0).astype(np.float32), np.where(ok[:, None], pair, -1).astype(np.int64), ok

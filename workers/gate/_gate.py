@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 from schemas.messages import QualityStatus
 
 from . import _metrics
+from ._beats import Templates
 from ._config import DEFAULT_CONFIG, GateConfig, GateInputError, QualityReason, RecordQuality
 from ._rules import REASONS, Decision, decide
 
@@ -171,6 +172,14 @@ def gate_batch(
         metrics = _metrics.compute(cleaned, non_finite, fs, leads, rails, config, x.shape[-1])
         decision = decide(metrics, leads, config)
         return _package(decision, metrics, list(leads))
+
+
+def beat_templates(x_mv: np.ndarray, fs: float, leads: Sequence[str], config: GateConfig = DEFAULT_CONFIG) -> Templates:
+    """The (B, L, W) beat templates the gate's morphology checks read (at <= 100 Hz)."""
+    x = _validate(x_mv, fs, leads)
+    with np.errstate(all="ignore"):
+        cleaned, non_finite = _clean(x)
+        return _metrics.compute(cleaned, non_finite, float(fs), leads, None, config, x.shape[-1]).cross.templates
 
 
 def gate_record(

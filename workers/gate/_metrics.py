@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bursts, _crosslead, _pacing
+from . import _bursts, _crosslead, _pacing, _precordial
 from . import _spectral as sp
 from . import _timedomain as td
 from ._beats import Templates, templates
@@ -44,6 +44,7 @@ class CrossLead:
     limb: _crosslead.LimbMorphology
     precordial: _crosslead.PrecordialOrder
     template_beats: NDArray[np.int64]  # (B,) beats the templates are built from
+    templates: Templates  # the beat templates themselves (fitting the precordial model reads them)
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,9 @@ def _cross_lead(
     cross = CrossLead(
         pacing=_pacing_stats(d2_abs, spec, fs, leads, beats, env_fs, cfg),
         limb=_crosslead.limb_morphology(tm, leads),
-        precordial=_crosslead.precordial_order(tm, leads),
+        precordial=_crosslead.precordial_order(tm, leads, _precordial.shipped_model()),
         template_beats=tm.beats,
+        templates=tm,
     )
     return cross, tm
 

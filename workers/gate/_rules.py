@@ -87,16 +87,19 @@ def _reversal(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateConfig) -
     return limb.available & cues_ok & (limb.lateral_corr < cfg.reversal_lateral_corr_max) & inverted
 
 
-def _precordial_swap(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateConfig) -> B1:
-    """(B, L) the two leads of a likely precordial swap."""
+def _precordial_swap(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateConfig) -> tuple[B1, B1]:
+    """(B, L) soft and bad flags on the two leads of a likely precordial swap."""
     order = m.cross.precordial
     usable = order.available & ~hard[:, _positions(names, PRECORDIAL)].any(axis=-1)
-    swapped = usable & (order.gain > cfg.precordial_swap_gain)
-    out = np.zeros(hard.shape, dtype=bool)
-    rows = np.flatnonzero(swapped)
-    out[rows, order.pair[rows, 0]] = True
-    out[rows, order.pair[rows, 1]] = True
-    return out
+    rows = np.arange(hard.shape[0])[:, None]
+
+    def on_pair(swapped: B1) -> B1:
+        out = np.zeros(hard.shape, dtype=bool)
+        out[rows, order.pair.clip(0)] = swapped[:, None]
+        return out
+
+    soft = usable & (order.gain > cfg.precordial_swap_soft)
+    return on_pair(soft), on_pair(soft & (order.gain > cfg.precordial_swap_bad))
 
 
 def _cross_lead_flags(m: LeadMetrics, names: Sequence[str], flags: B1, hard: B1, cfg: GateConfig) -> None:
@@ -104,10 +107,10 @@ def _cross_lead_flags(m: LeadMetrics, names: Sequence[str], flags: B1, hard: B1,
     reversed_ = _reversal(m, names, hard, cfg)
     relabelled = np.zeros(hard.shape, dtype=bool)
     relabelled[:, _positions(names, _REVERSED)] = reversed_[:, None]
-    swapped = _precordial_swap(m, names, hard, cfg)
+    swapped, swapped_bad = _precordial_swap(m, names, hard, cfg)
     flags[..., COLUMN[QualityReason.LIMB_LEAD_REVERSAL]] = relabelled
     flags[..., COLUMN[QualityReason.PRECORDIAL_LEAD_SWAP]] = swapped
-    hard |= swapped
+    hard |= swapped_bad
     if cfg.reversal_masks_leads:
         hard |= relabelled
 
