@@ -149,6 +149,17 @@ def test_emg_noise_is_high_freq_noise(fs: int) -> None:
     assert_bad_lead(gate_record(x, fs, LEADS), "V1", QualityReason.HIGH_FREQ_NOISE, DEGRADED)
 
 
+def test_moderate_emg_at_100_hz_is_seen_between_beats() -> None:
+    """0.1 mV RMS: below the truncated-band ratio, above the between-beats floor."""
+    x = clean(100)
+    x[idx("V3")] += band_noise(x.shape[1], 100, 20.0, 45.0, 0.1, seed=3)
+    q = gate_record(x, 100, LEADS)
+    assert [LEADS[k] for k, r in enumerate(q.lead_reasons) if QualityReason.HIGH_FREQ_NOISE in r] == ["V3"]
+    assert q.indices["max_hf_between_beats_mv"] >= GateConfig().hf_between_soft_mv
+    assert gate_record(clean(100), 100, LEADS).indices["max_hf_between_beats_mv"] < GateConfig().hf_between_soft_mv
+    assert gate_record(clean(500), 500, LEADS).indices["max_hf_between_beats_mv"] == -1.0  # full band used
+
+
 @pytest.mark.parametrize("line_hz", [50.0, 60.0])
 def test_mains_hum_is_powerline(line_hz: float) -> None:
     x = clean()

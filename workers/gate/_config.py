@@ -205,6 +205,13 @@ class GateConfig:
     # HF RMS 0.07 mV in 40-150 Hz (only where that whole band fits, fs >= ~316 Hz) = 0.4 mV
     # p-p fuzz (clean PTB-XL 500 Hz leads: max 0.066);
     hf_rms_soft_mv: float = 0.07
+    # Where the 40-150 Hz band does not fit (fs < ~316 Hz), the absolute floor is measured
+    # between beats instead: RMS above 15 Hz, > ``hf_between_guard_s`` from every QRS, over
+    # at least ``hf_between_min_s`` of such samples. Threshold: see the 100 Hz validation note.
+    hf_between_band_hz: tuple[float, float] = (15.0, 150.0)
+    hf_between_guard_s: float = 0.08  # QRS onset/offset lie within ~60 ms of the R peak
+    hf_between_min_s: float = 2.0
+    hf_between_soft_mv: float = 0.08
     # mains RMS 0.03 mV in a prominent peak = 0.085 mV p-p hum, about 1 mm on paper.
     line_rms_soft_mv: float = 0.03
 
@@ -332,7 +339,7 @@ class RecordQuality:
     ``indices`` (floats, never NaN; -1 = not available): duration_s, heart_rate_bpm (from the
     cross-lead consensus beat train), qrs_consensus_snr, qrs_leads, bad_lead_count,
     best_lead_qrs_snr, min_rms_mv, and the worst lead's max_abs_mv, max_flat_fraction,
-    max_clip_fraction, max_rail_fraction, max_wander_ratio, max_hf_ratio,
+    max_clip_fraction, max_rail_fraction, max_wander_ratio, max_hf_ratio, max_hf_between_beats_mv,
     max_powerline_ratio, max_limb_residual, max_burst_range_ratio, max_burst_hf_ratio;
     min_template_corr (lowest lead), template_beats; pacing_spikes (spike events) and
     pacing_spikes_before_beats (those leading a beat; -1 below 400 Hz); lead_i_lateral_corr,

@@ -109,6 +109,7 @@ def _indices(m: _metrics.LeadMetrics, d: Decision) -> dict[str, NDArray[np.float
         "max_rail_fraction": _lead_max(m.rail_fraction),
         "max_wander_ratio": _lead_max(m.wander_ratio),
         "max_hf_ratio": _lead_max(m.hf_ratio),
+        "max_hf_between_beats_mv": _lead_max(m.hf_between_mv),
         "max_powerline_ratio": _lead_max(m.line_ratio),
         "max_limb_residual": _lead_max(m.limb_residual),
         "max_burst_range_ratio": _lead_max(m.burst_range),

@@ -61,6 +61,7 @@ class LeadMetrics:
     wander_rms_mv: F32  # RMS below the wander cut-off
     hf_ratio: F32  # NOT_AVAILABLE when the band does not fit below Nyquist
     hf_rms_mv: F32  # NOT_AVAILABLE unless the whole HF band fits below Nyquist
+    hf_between_mv: F32  # HF RMS between beats; only where hf_rms_mv is not (NOT_AVAILABLE elsewhere)
     line_ratio: F32  # NOT_AVAILABLE when no mains frequency fits
     line_rms_mv: F32  # RMS of a prominent mains peak (0 without one; NOT_AVAILABLE as above)
     qrs: QrsStats
@@ -102,6 +103,42 @@ def _hf_ratio(spec: sp.Spectrum, fs: float, qrs_density: F32, cfg: GateConfig) -
     scale = 1.0 if full else 1.0 / cfg.hf_truncated_scale
     rms = np.sqrt(density * np.float32(bins)).astype(np.float32) if full else na
     return _ratio(density, qrs_density) * np.float32(scale), rms
+
+
+def _near_beats(tm: Templates, n_env: int, guard_s: float) -> B1:
+    """(B, n_env) samples within ``guard_s`` of a template beat, at the template rate."""
+    g = round(guard_s * tm.fs)
+    idx = tm.positions[:, :, None] + np.arange(-g, g + 1)
+    ok = (tm.positions >= 0)[:, :, None] & (idx >= 0) & (idx < n_env)
+    near = np.zeros((tm.positions.shape[0], n_env), dtype=bool)
+    rows = np.broadcast_to(np.arange(near.shape[0])[:, None, None], idx.shape)
+    near[rows[ok], idx[ok]] = True
+    return near
+
+
+def _hf_between_beats(spec: sp.Spectrum, fs: float, tm: Templates, n_env: int, cfg: GateConfig) -> F32:
+    """(B, L) RMS above ``hf_between_band_hz[0]`` away from every QRS, where the HF band is cut short.
+
+    Why: below ~320 Hz the 40-150 Hz EMG band does not fit and, at 100 Hz, what is left of
+    it (40-47.5 Hz) also holds the QRS's own tail. Between beats (P, ST, T, TP) the ECG has
+    almost nothing above 15 Hz, so what is there is noise, at any rate.
+    """
+    na = np.full(spec.power.shape[:2], NOT_AVAILABLE, dtype=np.float32)
+    if cfg.hf_band_hz[1] <= _NYQUIST_USE * fs / 2.0:
+        return na  # the full-band HF RMS applies instead
+    band = sp.raised_cosine_band(spec.freqs, cfg.hf_between_band_hz[0], min(cfg.hf_between_band_hz[1],
+                                 _NYQUIST_USE * fs / 2.0), _QRS_ROLLOFF_HZ)
+    h = sp.fft_filter(spec, band)
+    n = h.shape[-1]
+    near = _near_beats(tm, n_env, cfg.hf_between_guard_s)[:, (np.arange(n) * tm.fs / fs).astype(np.int64)]
+    edge = round(cfg.burst_edge_s * fs)  # FFT-domain filters wrap around at the ends
+    near[:, :edge] = True
+    near[:, n - edge :] = True
+    quiet = (~near).astype(np.float32)
+    count = quiet.sum(axis=-1)
+    ms = np.einsum("bln,bn->bl", h * h, quiet) / np.maximum(count, 1.0)[:, None]
+    enough = (count >= cfg.hf_between_min_s * fs) & (tm.beats > 0)
+    return np.where(enough[:, None], np.sqrt(ms), na).astype(np.float32)
 
 
 def _line_ratio(spec: sp.Spectrum, fs: float, qrs_ms: F32, cfg: GateConfig) -> tuple[F32, F32]:
@@ -249,6 +286,7 @@ def compute(
     cross, tm = _cross_lead(low, d2_abs, spec, fs, leads, (qrs_env, qrs_ok, env_fs), cfg)
     burst_range, burst_hf, burst_beats = _burst_indices(low, low_fs, d2_abs, fs, tm, leads, cfg)
     hf_ratio, hf_rms = _hf_ratio(spec, fs, qrs_density, cfg)
+    hf_between = _hf_between_beats(spec, fs, tm, low.shape[-1], cfg)
     line_ratio, line_rms = _line_ratio(spec, fs, qrs_ms, cfg)
     return LeadMetrics(
         non_finite=non_finite,
@@ -261,6 +299,7 @@ def compute(
         wander_rms_mv=np.sqrt(wander_ms),
         hf_ratio=hf_ratio,
         hf_rms_mv=hf_rms,
+        hf_between_mv=hf_between,
         line_ratio=line_ratio,
         line_rms_mv=line_rms,
         qrs=qrs,

@@ -63,7 +63,8 @@ def _noise_flags(m: LeadMetrics, cfg: GateConfig) -> dict[QualityReason, tuple[B
     # Absolute floors: noise visible on paper at standard gain, however large the QRS.
     floors = {
         QualityReason.BASELINE_WANDER: m.wander_rms_mv >= cfg.wander_rms_soft_mv,
-        QualityReason.HIGH_FREQ_NOISE: m.hf_rms_mv >= cfg.hf_rms_soft_mv,
+        QualityReason.HIGH_FREQ_NOISE: (m.hf_rms_mv >= cfg.hf_rms_soft_mv)
+        | (m.hf_between_mv >= cfg.hf_between_soft_mv),
         QualityReason.POWERLINE: m.line_rms_mv >= cfg.line_rms_soft_mv,
     }
     for reason, floor in floors.items():
