@@ -59,9 +59,9 @@ class LeadMetrics:
     max_abs_mv: F32  # largest |x| of the 0.5-35 Hz copy
     wander_ratio: F32
     wander_rms_mv: F32  # RMS below the wander cut-off
-    hf_ratio: F32  # NOT_AVAILABLE when the band does not fit below Nyquist
-    hf_rms_mv: F32  # NOT_AVAILABLE unless the whole HF band fits below Nyquist
-    hf_between_mv: F32  # HF RMS between beats; only where hf_rms_mv is not (NOT_AVAILABLE elsewhere)
+    hf_ratio: F32  # NOT_AVAILABLE unless the whole HF band fits below Nyquist
+    hf_rms_mv: F32  # as hf_ratio
+    hf_between_mv: F32  # typical HF RMS between beats; only where hf_ratio is not (NOT_AVAILABLE elsewhere)
     line_ratio: F32  # NOT_AVAILABLE when no mains frequency fits
     line_rms_mv: F32  # RMS of a prominent mains peak (0 without one; NOT_AVAILABLE as above)
     qrs: QrsStats
@@ -90,19 +90,16 @@ def _masked_density(power: F32, mask: NDArray[np.bool_], n: int) -> tuple[F32, i
 
 
 def _hf_ratio(spec: sp.Spectrum, fs: float, qrs_density: F32, cfg: GateConfig) -> tuple[F32, F32]:
-    """(HF density / QRS density, HF RMS in mV); RMS only where the whole band fits."""
-    lo, hi = cfg.hf_band_hz[0], min(cfg.hf_band_hz[1], _NYQUIST_USE * fs / 2.0)
+    """(HF density / QRS density, HF RMS in mV); NOT_AVAILABLE unless the whole band fits."""
+    lo, hi = cfg.hf_band_hz
+    na = np.full(qrs_density.shape, NOT_AVAILABLE, dtype=np.float32)
+    if hi > _NYQUIST_USE * fs / 2.0:
+        return na, na  # measured between beats instead (_hf_between_beats)
     hf = sp.band_mask(spec.freqs, lo, hi) & ~sp.line_mask(spec.freqs, cfg.line_freqs_hz, 2.0 * cfg.line_half_width_hz)
     density, bins = _masked_density(spec.power, hf, spec.n)
-    na = np.full(qrs_density.shape, NOT_AVAILABLE, dtype=np.float32)
-    if hi - lo < cfg.hf_min_width_hz or bins == 0:
+    if bins == 0:
         return na, na
-    # A band cut short by Nyquist holds only the ECG's own 40-50 Hz tail, whose density is
-    # higher than the 40-150 Hz average: rescale so that one set of thresholds fits all rates.
-    full = hi >= cfg.hf_band_hz[1]
-    scale = 1.0 if full else 1.0 / cfg.hf_truncated_scale
-    rms = np.sqrt(density * np.float32(bins)).astype(np.float32) if full else na
-    return _ratio(density, qrs_density) * np.float32(scale), rms
+    return _ratio(density, qrs_density), np.sqrt(density * np.float32(bins)).astype(np.float32)
 
 
 def _near_beats(tm: Templates, n_env: int, guard_s: float) -> B1:
@@ -117,28 +114,32 @@ def _near_beats(tm: Templates, n_env: int, guard_s: float) -> B1:
 
 
 def _hf_between_beats(spec: sp.Spectrum, fs: float, tm: Templates, n_env: int, cfg: GateConfig) -> F32:
-    """(B, L) RMS above ``hf_between_band_hz[0]`` away from every QRS, where the HF band is cut short.
+    """(B, L) typical RMS above ``hf_between_band_hz[0]`` away from every QRS, where the HF band is cut short.
 
     Why: below ~320 Hz the 40-150 Hz EMG band does not fit and, at 100 Hz, what is left of
     it (40-47.5 Hz) also holds the QRS's own tail. Between beats (P, ST, T, TP) the ECG has
-    almost nothing above 15 Hz, so what is there is noise, at any rate.
+    almost nothing above 15 Hz, so what is there is noise, at any rate. The median over
+    1 s windows keeps this a measure of noise present all along: a burst is burst_noise.
     """
     na = np.full(spec.power.shape[:2], NOT_AVAILABLE, dtype=np.float32)
-    if cfg.hf_band_hz[1] <= _NYQUIST_USE * fs / 2.0:
-        return na  # the full-band HF RMS applies instead
-    band = sp.raised_cosine_band(spec.freqs, cfg.hf_between_band_hz[0], min(cfg.hf_between_band_hz[1],
-                                 _NYQUIST_USE * fs / 2.0), _QRS_ROLLOFF_HZ)
-    h = sp.fft_filter(spec, band)
-    n = h.shape[-1]
+    n, win = spec.n, max(1, round(cfg.hf_between_window_s * fs))
+    if cfg.hf_band_hz[1] <= _NYQUIST_USE * fs / 2.0 or n < win * max(cfg.hf_between_min_windows, 1):
+        return na  # the full-band HF RMS applies instead, or the record is too short to judge
+    top = min(cfg.hf_between_band_hz[1], _NYQUIST_USE * fs / 2.0)
+    h = sp.fft_filter(spec, sp.raised_cosine_band(spec.freqs, cfg.hf_between_band_hz[0], top, _QRS_ROLLOFF_HZ))
     near = _near_beats(tm, n_env, cfg.hf_between_guard_s)[:, (np.arange(n) * tm.fs / fs).astype(np.int64)]
     edge = round(cfg.burst_edge_s * fs)  # FFT-domain filters wrap around at the ends
     near[:, :edge] = True
-    near[:, n - edge :] = True
-    quiet = (~near).astype(np.float32)
-    count = quiet.sum(axis=-1)
-    ms = np.einsum("bln,bn->bl", h * h, quiet) / np.maximum(count, 1.0)[:, None]
-    enough = (count >= cfg.hf_between_min_s * fs) & (tm.beats > 0)
-    return np.where(enough[:, None], np.sqrt(ms), na).astype(np.float32)
+    near[:, max(n - edge, 0) :] = True
+    used = (n // win) * win
+    quiet = (~near[:, :used]).astype(np.float32).reshape(near.shape[0], 1, -1, win)
+    energy = (h[..., :used] ** 2).reshape(*h.shape[:2], -1, win)
+    count = quiet.sum(axis=-1)  # (B, 1, windows)
+    window_ms = (energy * quiet).sum(axis=-1) / np.maximum(count, 1.0)
+    valid = np.broadcast_to(count >= cfg.hf_between_min_quiet * win, window_ms.shape)
+    typical = _bursts.masked_median(window_ms, valid, axis=-1)
+    enough = (valid.sum(axis=-1) >= cfg.hf_between_min_windows) & (tm.beats > 0)[:, None]
+    return np.where(enough, np.sqrt(typical), na).astype(np.float32)
 
 
 def _line_ratio(spec: sp.Spectrum, fs: float, qrs_ms: F32, cfg: GateConfig) -> tuple[F32, F32]:

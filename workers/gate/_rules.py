@@ -60,11 +60,15 @@ def _noise_flags(m: LeadMetrics, cfg: GateConfig) -> dict[QualityReason, tuple[B
         QualityReason.POWERLINE: (m.line_ratio, cfg.line_ratio_soft, cfg.line_ratio_bad),
     }
     out = {r: ((v >= soft) & live, (v >= bad) & live) for r, (v, soft, bad) in pairs.items()}
+    between = m.hf_between_mv
+    hf_soft, hf_bad = out[QualityReason.HIGH_FREQ_NOISE]
+    out[QualityReason.HIGH_FREQ_NOISE] = (
+        hf_soft | ((between >= cfg.hf_between_soft_mv) & live), hf_bad | ((between >= cfg.hf_between_bad_mv) & live)
+    )
     # Absolute floors: noise visible on paper at standard gain, however large the QRS.
     floors = {
         QualityReason.BASELINE_WANDER: m.wander_rms_mv >= cfg.wander_rms_soft_mv,
-        QualityReason.HIGH_FREQ_NOISE: (m.hf_rms_mv >= cfg.hf_rms_soft_mv)
-        | (m.hf_between_mv >= cfg.hf_between_soft_mv),
+        QualityReason.HIGH_FREQ_NOISE: m.hf_rms_mv >= cfg.hf_rms_soft_mv,
         QualityReason.POWERLINE: m.line_rms_mv >= cfg.line_rms_soft_mv,
     }
     for reason, floor in floors.items():
