@@ -158,6 +158,21 @@ def test_la_ra_reversal_is_flagged_and_rejected(fs: int) -> None:
     assert q.indices["lead_i_lateral_corr"] < 0
 
 
+@pytest.mark.parametrize("fs", [500, 100])
+def test_ra_ll_reversal_is_flagged(fs: int) -> None:
+    """RA/LL inverts lead II (and, here, lead I too: I -> -III, upright III in this record)."""
+    x = clean(fs)
+    i, ii, iii = x[idx("I")].copy(), x[idx("II")].copy(), x[idx("III")].copy()
+    x[idx("I")], x[idx("II")], x[idx("III")] = -iii, -ii, -i
+    x[[idx("aVR"), idx("aVF")]] = x[[idx("aVF"), idx("aVR")]]
+    q = gate_record(x, fs, LEADS, GateConfig(reversal_masks_leads=False))
+    assert q.status is DEGRADED, q
+    assert {"I", "II", "III", "aVR"} <= set(only_lead_with(q, R.LIMB_LEAD_REVERSAL))
+    assert q.bad_leads == ()
+    assert q.indices["lead_ii_lateral_corr"] < 0 and q.indices["lead_ii_p_wave_mv"] < 0
+    assert gate_record(clean(fs), fs, LEADS).indices["lead_ii_lateral_corr"] > 0
+
+
 def test_reversal_without_masking_degrades() -> None:
     q = gate_record(la_ra_reversed(SIM_FS), SIM_FS, LEADS, GateConfig(reversal_masks_leads=False))
     assert q.status is DEGRADED

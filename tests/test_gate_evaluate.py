@@ -119,6 +119,25 @@ def test_la_ra_reversal_relabels_the_limb_leads() -> None:
     np.testing.assert_array_equal(y[idx("aVF")], x[idx("aVF")])
 
 
+def test_ra_ll_and_la_ll_reversals_follow_the_electrodes() -> None:
+    """Rebuild the leads from electrode potentials (RA = 0, LA = I, LL = II) with two cables swapped."""
+    x = clean().astype(np.float64)
+    ra, la, ll = np.zeros_like(x[0]), x[idx("I")], x[idx("II")]
+
+    def leads(ra: np.ndarray, la: np.ndarray, ll: np.ndarray) -> dict[str, np.ndarray]:
+        return {"I": la - ra, "II": ll - ra, "III": ll - la, "aVR": ra - (la + ll) / 2,
+                "aVL": la - (ra + ll) / 2, "aVF": ll - (ra + la) / 2}
+
+    for name, exact in leads(ra, la, ll).items():  # derived leads exactly as a recorder computes them
+        x[idx(name)] = exact
+    for kind, swapped in [(ev.Corruption.LIMB_REVERSAL_RA_LL, leads(ll, la, ra)),
+                          (ev.Corruption.LIMB_REVERSAL_LA_LL, leads(ra, ll, la))]:
+        y = ev.inject(x.astype(np.float32), SIM_FS, list(LEADS), kind, np.random.default_rng(0)).signal
+        for name, expected in swapped.items():
+            np.testing.assert_allclose(y[idx(name)], expected, atol=1e-5, err_msg=f"{kind} {name}")
+        np.testing.assert_array_equal(y[idx("V3")], x[idx("V3")].astype(np.float32))
+
+
 def test_adjacent_and_distant_precordial_pairs() -> None:
     rng = np.random.default_rng(0)
     kinds = ((ev.Corruption.PRECORDIAL_SWAP_ADJACENT, True), (ev.Corruption.PRECORDIAL_SWAP_DISTANT, False))

@@ -40,11 +40,13 @@ code                        lead level  meaning (threshold field in :class:`Gate
                                         Einthoven/Goldberger value computed from I and II by more
                                         than ``limb_max_residual`` (relative RMS): a mislabelled or
                                         swapped channel
-``limb_lead_reversal``      bad         LA/RA electrodes reversed (identities still hold): lead I
+``limb_lead_reversal``      bad / soft  limb electrodes reversed (identities still hold). LA/RA: lead I
                                         anti-correlated with V5/V6 (``reversal_lateral_corr_max``) and
                                         its P wave (``reversal_p_wave_mv``) or net QRS
                                         (``reversal_qrs_polarity_max``) negative; set on I, II, III,
-                                        aVR, aVL, masked when ``reversal_masks_leads`` (so rejected)
+                                        aVR, aVL, masked when ``reversal_masks_leads`` (so rejected).
+                                        RA/LL: the same cues in lead II; set on I, II, III, aVR, aVF,
+                                        soft (weaker cue). LA/LL is not detected
 ``precordial_lead_swap``    soft / bad  two chest leads out of order: a population model of V1..V6
                                         (:mod:`._precordial`) scores a single transposition above the
                                         recorded order by ``precordial_swap_soft`` (the two leads are
@@ -309,12 +311,14 @@ class GateConfig:
     # 1st percentile of leads 0.61, ~2 % of records have a lead below 0.5.
     template_corr_soft: float = 0.5
 
-    # --- limb-electrode reversal (LA/RA) -------------------------------------------------------
+    # --- limb-electrode reversal (LA/RA; RA/LL soft) ----------------------------------------------------
     # Lead I anti-correlated with V5/V6 AND (P in I below -0.01 mV OR net QRS in I negative).
     # Correlation alone flags ~1.6 % of 100 Hz-only records without annotation (LAFB,
     # lateral MI, paced); the P/QRS cue brings that to ~0.5 % (e.g. AFib with negative QRS
     # in I), while a simulated reversal of the same records is still caught in ~97 %.
     # P at -0.01 mV: ten 1 uV steps below the baseline, beyond template noise.
+    # The same thresholds on lead II (RA/LL) flag ~1.3 % of those records (inferior infarcts,
+    # low atrial rhythms), hence soft there; with the lead-I cue they catch ~94 % of RA/LL.
     reversal_lateral_corr_max: float = 0.0
     reversal_p_wave_mv: float = -0.01
     reversal_qrs_polarity_max: float = 0.0
@@ -346,7 +350,8 @@ class RecordQuality:
     max_powerline_ratio, max_limb_residual, max_burst_range_ratio, max_burst_hf_ratio;
     min_template_corr (lowest lead), template_beats; pacing_spikes (spike events) and
     pacing_spikes_before_beats (those leading a beat; -1 below 400 Hz); lead_i_lateral_corr,
-    lead_i_p_wave_mv, lead_i_qrs_polarity (reversal cues; -1 also when not available) and
+    lead_i_p_wave_mv, lead_i_qrs_polarity and the same three for lead II (lead_ii_*: reversal
+    cues; -1 also when not available) and
     precordial_swap_gain.
     """
 

@@ -8,6 +8,11 @@ reversal makes lead I anti-correlated with V5/V6 *and* turns its P wave or QRS n
 anterior fascicular block, lateral infarction or a paced rhythm can also make lead I differ
 from V5/V6, but keep its upright P (sinus) and dominant R: the second cue separates them.
 
+Limb (RA/LL) reversal inverts lead II instead (and swaps aVR with aVF): the same cues on II.
+They are weaker (inferior infarction and low atrial rhythms give a negative P or QRS in II,
+and II correlates less with V5/V6 than I does), so this cue only degrades. LA/LL reversal
+exchanges I and II and inverts III; both stay upright, so morphology alone rarely shows it.
+
 Precordial order: see :mod:`._precordial` (a population model scores the recorded order of
 V1..V6 against each single transposition).
 """
@@ -26,17 +31,18 @@ from ._beats import Templates, _zscore
 F32 = NDArray[np.float32]
 NOT_AVAILABLE = -1.0
 PRECORDIAL = ("V1", "V2", "V3", "V4", "V5", "V6")
+_CUE_LEADS = ("I", "II")  # LimbMorphology's second axis
 _TINY = np.float32(1e-6)
 
 
 @dataclass(frozen=True)
 class LimbMorphology:
-    """Per record (B,): reversal cues; NOT_AVAILABLE where a lead or the beats are missing."""
+    """Reversal cues of leads I and II, each (B, 2); NOT_AVAILABLE where a lead or the beats are missing."""
 
-    lateral_corr: F32  # mean correlation of lead I's template with V5 and V6
-    p_wave_mv: F32  # lead I P-wave amplitude against the PR/TP baseline
-    qrs_polarity: F32  # lead I net QRS area / absolute area, in [-1, 1]
-    available: NDArray[np.bool_]  # (B,) leads present and beats found (-1 is a valid correlation)
+    lateral_corr: F32  # mean correlation of the lead's template with V5 and V6
+    p_wave_mv: F32  # the lead's P-wave amplitude against the PR/TP baseline
+    qrs_polarity: F32  # the lead's net QRS area / absolute area, in [-1, 1]
+    available: NDArray[np.bool_]  # (B, 2) leads present and beats found (-1 is a valid correlation)
 
 
 @dataclass(frozen=True)
@@ -63,25 +69,27 @@ def _qrs_polarity(t: F32, offsets_s: NDArray[np.float64], base: F32) -> F32:
 
 
 def limb_morphology(tm: Templates, leads: Sequence[str]) -> LimbMorphology:
+    """Cues of lead I (LA/RA reversal inverts it) and lead II (RA/LL reversal inverts it)."""
     names = [n.upper() for n in leads]
     batch = tm.template.shape[0]
-    na = np.full(batch, NOT_AVAILABLE, dtype=np.float32)
+    na = np.full((batch, len(_CUE_LEADS)), NOT_AVAILABLE, dtype=np.float32)
     lateral = [names.index(v) for v in ("V5", "V6") if v in names]
-    if "I" not in names or not lateral:
-        return LimbMorphology(na, na.copy(), na.copy(), np.zeros(batch, dtype=bool))
-    lead_i = tm.template[:, names.index("I")]
+    present = [lead in names for lead in _CUE_LEADS]
+    if not lateral or not any(present):
+        return LimbMorphology(na, na.copy(), na.copy(), np.zeros((batch, len(_CUE_LEADS)), dtype=bool))
+    rows = [names.index(lead) if ok else 0 for lead, ok in zip(_CUE_LEADS, present, strict=True)]
+    cue = tm.template[:, rows]  # (B, 2, W)
     z = _zscore(tm.template)
-    corr = np.einsum("bw,blw->bl", z[:, names.index("I")], z[:, lateral]).mean(axis=-1)
-    base = _baseline(lead_i, tm.offsets_s)
-    p_wave = _window_mean(lead_i, tm.offsets_s, -0.22, -0.10) - base
-    polarity = _qrs_polarity(lead_i, tm.offsets_s, base)
-    return LimbMorphology(
-        _where_beats(tm, corr), _where_beats(tm, p_wave), _where_beats(tm, polarity), tm.beats > 0
-    )
+    corr = np.einsum("bkw,blw->bkl", z[:, rows], z[:, lateral]).mean(axis=-1)
+    base = _baseline(cue, tm.offsets_s)
+    p_wave = _window_mean(cue, tm.offsets_s, -0.22, -0.10) - base
+    polarity = _qrs_polarity(cue, tm.offsets_s, base)
+    ok = (tm.beats > 0)[:, None] & np.array(present)[None, :]
+    return LimbMorphology(_where(ok, corr), _where(ok, p_wave), _where(ok, polarity), ok)
 
 
-def _where_beats(tm: Templates, values: F32) -> F32:
-    return np.where(tm.beats > 0, values, np.float32(NOT_AVAILABLE)).astype(np.float32)
+def _where(ok: NDArray[np.bool_], values: F32) -> F32:
+    return np.where(ok, values, np.float32(NOT_AVAILABLE)).astype(np.float32)
 
 
 def precordial_order(tm: Templates, leads: Sequence[str], model: _precordial.PrecordialModel) -> PrecordialOrder:

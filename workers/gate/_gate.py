@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from schemas.messages import QualityStatus
 
-from . import _metrics
+from . import _crosslead, _metrics
 from ._beats import Templates
 from ._config import DEFAULT_CONFIG, GateConfig, GateInputError, QualityReason, RecordQuality
 from ._rules import REASONS, Decision, decide
@@ -92,6 +92,12 @@ def _available(values: NDArray[np.float32], ok: NDArray[np.bool_]) -> NDArray[np
     return np.where(ok, values.astype(np.float64), _metrics.NOT_AVAILABLE)
 
 
+def _limb_cues(limb: _crosslead.LimbMorphology) -> dict[str, NDArray[np.float64]]:
+    cues = {"lateral_corr": limb.lateral_corr, "p_wave_mv": limb.p_wave_mv, "qrs_polarity": limb.qrs_polarity}
+    return {f"lead_{lead}_{name}": _available(v[:, k], limb.available[:, k])
+            for k, lead in enumerate(("i", "ii")) for name, v in cues.items()}
+
+
 def _indices(m: _metrics.LeadMetrics, d: Decision) -> dict[str, NDArray[np.float64]]:
     """Numeric indices behind the decision, one value per record."""
     cols = {
@@ -118,9 +124,7 @@ def _indices(m: _metrics.LeadMetrics, d: Decision) -> dict[str, NDArray[np.float
         "template_beats": m.cross.template_beats.astype(np.float64),
         "pacing_spikes": m.cross.pacing.spikes.astype(np.float64),
         "pacing_spikes_before_beats": m.cross.pacing.coupled.astype(np.float64),
-        "lead_i_lateral_corr": _available(m.cross.limb.lateral_corr, m.cross.limb.available),
-        "lead_i_p_wave_mv": _available(m.cross.limb.p_wave_mv, m.cross.limb.available),
-        "lead_i_qrs_polarity": _available(m.cross.limb.qrs_polarity, m.cross.limb.available),
+        **_limb_cues(m.cross.limb),
         "precordial_swap_gain": _available(m.cross.precordial.gain, m.cross.precordial.available),
     }
     # JSON-safe: no NaN/Inf ever leaves the gate.

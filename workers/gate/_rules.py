@@ -21,6 +21,7 @@ COLUMN = {reason: k for k, reason in enumerate(REASONS)}
 _LIMB_BASE = ("I", "II")  # leads the derived limb leads are computed from
 # Leads an LA/RA reversal relabels (aVF, from LL against the mean of LA and RA, is unchanged).
 _REVERSED = ("I", "II", "III", "AVR", "AVL")
+_REVERSED_RA_LL = ("I", "II", "III", "AVR", "AVF")  # aVL, from LA against the mean of RA and LL, stays
 # Reasons that never make the record degraded by themselves (when so configured).
 _RECORD_ONLY_INFO = (QualityReason.PACING_SPIKES,)
 
@@ -84,11 +85,12 @@ def _positions(names: Sequence[str], wanted: Sequence[str]) -> list[int]:
     return [names.index(w) for w in wanted if w in names]
 
 
-def _reversal(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateConfig) -> B1:
-    """(B,) LA/RA reversal: lead I discordant with V5/V6 and its P wave or QRS negative."""
+def _reversal(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateConfig) -> NDArray[np.bool_]:
+    """(B, 2) reversal cues in lead I (LA/RA) and lead II (RA/LL): discordant with V5/V6 and
+    the lead's P wave or QRS negative."""
     limb = m.cross.limb
     inverted = (limb.p_wave_mv < cfg.reversal_p_wave_mv) | (limb.qrs_polarity < cfg.reversal_qrs_polarity_max)
-    cues_ok = ~hard[:, _positions(names, ("I", "V5", "V6"))].any(axis=-1)
+    cues_ok = np.stack([~hard[:, _positions(names, (lead, "V5", "V6"))].any(axis=-1) for lead in ("I", "II")], -1)
     return limb.available & cues_ok & (limb.lateral_corr < cfg.reversal_lateral_corr_max) & inverted
 
 
@@ -109,11 +111,14 @@ def _precordial_swap(m: LeadMetrics, names: Sequence[str], hard: B1, cfg: GateCo
 
 def _cross_lead_flags(m: LeadMetrics, names: Sequence[str], flags: B1, hard: B1, cfg: GateConfig) -> None:
     """Add (in place) morphology reasons, which need the other leads' verdicts first."""
-    reversed_ = _reversal(m, names, hard, cfg)
+    cues = _reversal(m, names, hard, cfg)
+    la_ra, ra_ll = cues[:, 0], cues[:, 1] & ~cues[:, 0]
     relabelled = np.zeros(hard.shape, dtype=bool)
-    relabelled[:, _positions(names, _REVERSED)] = reversed_[:, None]
+    relabelled[:, _positions(names, _REVERSED)] = la_ra[:, None]
+    suspect = np.zeros(hard.shape, dtype=bool)  # RA/LL: a weaker cue, so degraded, not masked
+    suspect[:, _positions(names, _REVERSED_RA_LL)] = ra_ll[:, None]
     swapped, swapped_bad = _precordial_swap(m, names, hard, cfg)
-    flags[..., COLUMN[QualityReason.LIMB_LEAD_REVERSAL]] = relabelled
+    flags[..., COLUMN[QualityReason.LIMB_LEAD_REVERSAL]] = relabelled | suspect
     flags[..., COLUMN[QualityReason.PRECORDIAL_LEAD_SWAP]] = swapped
     hard |= swapped_bad
     if cfg.reversal_masks_leads:

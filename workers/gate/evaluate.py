@@ -186,6 +186,8 @@ class Corruption(StrEnum):
     BURST = "burst"
     PACING = "pacing"
     LIMB_REVERSAL_LA_RA = "limb_reversal_la_ra"
+    LIMB_REVERSAL_RA_LL = "limb_reversal_ra_ll"
+    LIMB_REVERSAL_LA_LL = "limb_reversal_la_ll"
     LIMB_CHANNELS_II_III = "limb_channels_ii_iii"
     PRECORDIAL_SWAP_DISTANT = "precordial_swap_distant"
     PRECORDIAL_SWAP_ADJACENT = "precordial_swap_adjacent"
@@ -201,6 +203,8 @@ EXPECTED: dict[Corruption, QualityReason] = {
     Corruption.BURST: R.BURST_NOISE,
     Corruption.PACING: R.PACING_SPIKES,
     Corruption.LIMB_REVERSAL_LA_RA: R.LIMB_LEAD_REVERSAL,
+    Corruption.LIMB_REVERSAL_RA_LL: R.LIMB_LEAD_REVERSAL,
+    Corruption.LIMB_REVERSAL_LA_LL: R.LIMB_LEAD_REVERSAL,
     Corruption.LIMB_CHANNELS_II_III: R.LIMB_LEAD_INCONSISTENT,
     Corruption.PRECORDIAL_SWAP_DISTANT: R.PRECORDIAL_LEAD_SWAP,
     Corruption.PRECORDIAL_SWAP_ADJACENT: R.PRECORDIAL_LEAD_SWAP,
@@ -217,6 +221,8 @@ CORRUPTION_LEVELS: dict[Corruption, str] = {
     Corruption.BURST: "0.5 s burst on one lead: 2 mV step decaying (tau 0.2 s) + 0.3 mV RMS noise",
     Corruption.PACING: "2 ms, 2 mV pulse 60 ms before each beat in every lead (x0.3-1 per lead)",
     Corruption.LIMB_REVERSAL_LA_RA: "LA/RA electrodes reversed: I->-I, II<->III, aVR<->aVL",
+    Corruption.LIMB_REVERSAL_RA_LL: "RA/LL electrodes reversed: I->-III, II->-II, III->-I, aVR<->aVF",
+    Corruption.LIMB_REVERSAL_LA_LL: "LA/LL electrodes reversed: I<->II, III->-III, aVL<->aVF (near invisible)",
     Corruption.LIMB_CHANNELS_II_III: "channels II and III exchanged (mislabelled, breaks Einthoven)",
     Corruption.PRECORDIAL_SWAP_DISTANT: "two precordial leads >= 2 apart exchanged",
     Corruption.PRECORDIAL_SWAP_ADJACENT: "two neighbouring precordial leads exchanged",
@@ -309,6 +315,25 @@ def _reverse_la_ra(x: F32, pos: dict[str, int]) -> None:
     _swap(x, pos["aVR"], pos["aVL"])
 
 
+def _reverse_ra_ll(x: F32, pos: dict[str, int]) -> None:
+    i, ii, iii = x[pos["I"]].copy(), x[pos["II"]].copy(), x[pos["III"]].copy()
+    x[pos["I"]], x[pos["II"]], x[pos["III"]] = -iii, -ii, -i
+    _swap(x, pos["aVR"], pos["aVF"])
+
+
+def _reverse_la_ll(x: F32, pos: dict[str, int]) -> None:
+    _swap(x, pos["I"], pos["II"])
+    x[pos["III"]] *= -1.0
+    _swap(x, pos["aVL"], pos["aVF"])
+
+
+_REVERSALS = {
+    Corruption.LIMB_REVERSAL_LA_RA: _reverse_la_ra,
+    Corruption.LIMB_REVERSAL_RA_LL: _reverse_ra_ll,
+    Corruption.LIMB_REVERSAL_LA_LL: _reverse_la_ll,
+}
+
+
 def _precordial_pair(rng: np.random.Generator, adjacent: bool) -> tuple[int, int]:
     pairs = [(a, b) for a in range(6) for b in range(a + 1, 6) if (b - a == 1) == adjacent]
     a, b = pairs[int(rng.integers(len(pairs)))]
@@ -323,8 +348,8 @@ def inject(x: F32, fs: float, leads: Sequence[str], kind: Corruption, rng: np.ra
     if kind is Corruption.PACING:
         _pacing(y, fs, rng)
         return Injected(y, reason, None)
-    if kind is Corruption.LIMB_REVERSAL_LA_RA:
-        _reverse_la_ra(y, pos)
+    if kind in _REVERSALS:
+        _REVERSALS[kind](y, pos)
         return Injected(y, reason, None)
     if kind is Corruption.LIMB_CHANNELS_II_III:
         _swap(y, pos["II"], pos["III"])
