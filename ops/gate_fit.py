@@ -51,6 +51,7 @@ def fit_precordial(data_dir: Path) -> tuple[_precordial.PrecordialModel, dict[st
                                                                               BAD_QUANTILE)}
     provenance = {
         "data": "PTB-XL folds 1-8 (../shared/data), 100 Hz records not in the 500 Hz file, no noise annotation",
+        "license": "derived from PTB-XL (Wagner et al., Sci Data 2020), CC BY 4.0",
         "records": len(ids), "ecg_ids": ids.tolist(), "command": COMMAND,
         "fit_gain_quantiles": quantiles,
         "suggested_thresholds": {"precordial_swap_soft": quantiles[f"{SOFT_QUANTILE:g}"],
