@@ -7,6 +7,7 @@ the same data gives the same JSON, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,16 @@ def fit_records(data_dir: Path) -> tuple[NDArray[np.float32], NDArray[np.int64],
     with np.load(data_dir / "ptbxl_folds1-8_500hz.npz") as z:
         held_out = set(z["ecg_id"].tolist())
     rows = np.flatnonzero(~ds.any_annotation & ~np.isin(ds.ecg_ids, list(held_out)))
-    chunks, fs = [], 0.0
+    chunks, ids, fs = [], [], 0.0
     for start in range(0, len(rows), BATCH):
-        tm = beat_templates(ds.x_mv[rows[start : start + BATCH]], ds.fs, ds.leads)
+        chunk = rows[start : start + BATCH]
+        tm = beat_templates(ds.x_mv[chunk], ds.fs, ds.leads)
         t8 = _precordial.model_leads(tm.template, ds.leads)
         assert t8 is not None, "PTB-XL has all twelve leads"
         chunks.append(t8[tm.beats > 0])
-        rows[start : start + BATCH][tm.beats == 0] = -1
+        ids.append(ds.ecg_ids[chunk][tm.beats > 0])  # a record without beats has no template
         fs = tm.fs
-    return np.concatenate(chunks), ds.ecg_ids[rows[rows >= 0]], fs
+    return np.concatenate(chunks), np.concatenate(ids), fs
 
 
 def fit_precordial(data_dir: Path) -> tuple[_precordial.PrecordialModel, dict[str, Any]]:
@@ -57,8 +59,7 @@ def fit_precordial(data_dir: Path) -> tuple[_precordial.PrecordialModel, dict[st
         "suggested_thresholds": {"precordial_swap_soft": quantiles[f"{SOFT_QUANTILE:g}"],
                                  "precordial_swap_bad": quantiles[f"{BAD_QUANTILE:g}"]},
     }
-    return _precordial.PrecordialModel(model.coef, model.lags, model.weights, model.template_fs,
-                                       model.template_samples, provenance), provenance
+    return dataclasses.replace(model, provenance=provenance), provenance
 
 
 def write_model(model: _precordial.PrecordialModel, out: Path) -> None:

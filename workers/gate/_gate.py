@@ -121,7 +121,7 @@ def _indices(m: _metrics.LeadMetrics, d: Decision) -> dict[str, NDArray[np.float
         "max_burst_range_ratio": _lead_max(m.burst_range),
         "max_burst_hf_ratio": _lead_max(m.burst_hf),
         "min_template_corr": _min_available(m.template_corr),
-        "template_beats": m.cross.template_beats.astype(np.float64),
+        "template_beats": m.cross.templates.beats.astype(np.float64),
         "pacing_spikes": m.cross.pacing.spikes.astype(np.float64),
         "pacing_spikes_before_beats": m.cross.pacing.coupled.astype(np.float64),
         **_limb_cues(m.cross.limb),

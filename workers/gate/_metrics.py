@@ -43,8 +43,7 @@ class CrossLead:
     pacing: _pacing.PacingStats
     limb: _crosslead.LimbMorphology
     precordial: _crosslead.PrecordialOrder
-    template_beats: NDArray[np.int64]  # (B,) beats the templates are built from
-    templates: Templates  # the beat templates themselves (fitting the precordial model reads them)
+    templates: Templates  # the beat templates the morphology cues come from
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def _near_beats(tm: Templates, n_env: int, guard_s: float) -> B1:
 def _hf_between_beats(spec: sp.Spectrum, fs: float, tm: Templates, n_env: int, cfg: GateConfig) -> F32:
     """(B, L) typical RMS above ``hf_between_band_hz[0]`` away from every QRS, where the HF band is cut short.
 
-    Why: below ~320 Hz the 40-150 Hz EMG band does not fit and, at 100 Hz, what is left of
+    Why: below ~316 Hz the 40-150 Hz EMG band does not fit and, at 100 Hz, what is left of
     it (40-47.5 Hz) also holds the QRS's own tail. Between beats (P, ST, T, TP) the ECG has
     almost nothing above 15 Hz, so what is there is noise, at any rate. The median over
     1 s windows keeps this a measure of noise present all along: a burst is burst_noise.
@@ -225,8 +224,8 @@ def _template_signal(spec: sp.Spectrum, fs: float) -> tuple[F32, float]:
 def _cross_lead(
     low: F32, d2_abs: F32, spec: sp.Spectrum, fs: float, leads: Sequence[str], env: tuple[F32, B1, float],
     cfg: GateConfig,
-) -> tuple[CrossLead, Templates]:
-    """Record-level cross-lead indices and the beat templates they come from.
+) -> CrossLead:
+    """Record-level cross-lead indices, with the beat templates they come from.
 
     ``env``: the peak-normalised QRS envelopes, the leads with a plausible QRS train, and
     the envelope rate (that of ``low`` too).
@@ -237,14 +236,12 @@ def _cross_lead(
         low, beats, env_fs, cfg.template_window_s, cfg.template_keep_corr, cfg.template_max_beats,
         cfg.template_floor_mv**2,
     )
-    cross = CrossLead(
+    return CrossLead(
         pacing=_pacing_stats(d2_abs, spec, fs, leads, beats, env_fs, cfg),
         limb=_crosslead.limb_morphology(tm, leads),
         precordial=_crosslead.precordial_order(tm, leads, _precordial.shipped_model()),
-        template_beats=tm.beats,
         templates=tm,
     )
-    return cross, tm
 
 
 def _burst_indices(low: F32, low_fs: float, d2_abs: F32, fs: float, tm: Templates, leads: Sequence[str],
@@ -284,7 +281,8 @@ def compute(
     qrs_duration_s = max(duration_s - 2 * cfg.qrs_edge_s, 0.0)
     qrs, qrs_env = per_lead(bp, env_fs, qrs_duration_s, cfg)
     qrs_ok = lead_plausible(qrs, cfg)
-    cross, tm = _cross_lead(low, d2_abs, spec, fs, leads, (qrs_env, qrs_ok, env_fs), cfg)
+    cross = _cross_lead(low, d2_abs, spec, fs, leads, (qrs_env, qrs_ok, env_fs), cfg)
+    tm = cross.templates
     burst_range, burst_hf, burst_beats = _burst_indices(low, low_fs, d2_abs, fs, tm, leads, cfg)
     hf_ratio, hf_rms = _hf_ratio(spec, fs, qrs_density, cfg)
     hf_between = _hf_between_beats(spec, fs, tm, low.shape[-1], cfg)

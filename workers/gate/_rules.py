@@ -144,7 +144,7 @@ def lead_flags(m: LeadMetrics, cfg: GateConfig, limb_base: Sequence[int]) -> tup
     flags[..., COLUMN[QualityReason.LIMB_LEAD_INCONSISTENT]] = inconsistent
     # Beats that do not repeat: only meaningful where a beat train was found on the lead.
     unstable = (m.template_corr >= -1.0) & (m.template_corr < cfg.template_corr_soft) & m.qrs_ok & ~hard
-    flags[..., COLUMN[QualityReason.BEAT_INCONSISTENT]] = unstable & (m.cross.template_beats >= 3)[:, None]
+    flags[..., COLUMN[QualityReason.BEAT_INCONSISTENT]] = unstable & (m.cross.templates.beats >= 3)[:, None]
     return flags, hard
 
 
