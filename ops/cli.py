@@ -15,7 +15,8 @@ from workers.settings import Settings, load_settings
 
 DEFAULT_SHARED_DATA = Path("../shared/data")
 # Command groups that live beside the area they serve; each has register(subparsers).
-COMMAND_MODULES = ("ops.model_cmd", "ops.triage_cmd", "ops.alerts_cmd", "ops.train_cmd", "ops.gate_cmd")
+COMMAND_MODULES = ("ops.model_cmd", "ops.triage_cmd", "ops.alerts_cmd", "ops.train_cmd", "ops.gate_cmd",
+                   "ops.ingest")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +76,9 @@ def _event_commands(p: argparse.ArgumentParser) -> None:
     n.set_defaults(func=cmd_events_from_npz)
     f = sub.add_parser("from-wfdb", help="events from WFDB records (header path, with or without .hea)")
     f.add_argument("paths", type=Path, nargs="+")
+    f.add_argument("--window-s", type=float, default=10.0, help="longer records become windows of this length")
     f.set_defaults(func=cmd_events_from_wfdb)
+    importlib.import_module("ops.events_cmd").register_actions(sub)  # convert, publish
 
 
 def cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -148,7 +151,7 @@ def cmd_events_from_npz(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_events_from_wfdb(args: argparse.Namespace, settings: Settings) -> int:
     from ops.feed import wfdb_records
 
-    write_lines(r.encode() for r in wfdb_records(args.paths))
+    write_lines(r.encode() for r in wfdb_records(args.paths, args.window_s))
     return 0
 
 

@@ -22,7 +22,6 @@ from schemas.codec import encode_event
 from schemas.messages import DeadLetterReason, Sex, Source
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-_WFDB_LEAD_NAMES = {"avr": "aVR", "avl": "aVL", "avf": "aVF", "vx": "X", "vy": "Y", "vz": "Z"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,25 +101,25 @@ def _ptbxl_sex(raw: str) -> Sex | None:
     return {"0": Sex.MALE, "1": Sex.FEMALE}.get(raw.split(".")[0].strip())
 
 
-def wfdb_records(paths: Sequence[Path]) -> Iterator[Record]:
-    """Records read with the ``wfdb`` package (header + .dat/.mat), in ADC units then mV."""
-    try:
-        import wfdb
-    except ImportError:
-        from schemas.errors import ConfigError
-        raise ConfigError("reading WFDB needs the wfdb package: pip install 'ecgscreen[wfdb]'") from None
+def wfdb_records(paths: Sequence[Path], window_s: float | None = None) -> Iterator[Record]:
+    """Records read by the WFDB adapter (:mod:`schemas.vendor.wfdb`); with ``window_s``, one per window.
+
+    Lead names go through the adapter's alias table (MLII -> II, ...), unknown leads are dropped;
+    an unparseable header raises :class:`~schemas.vendor.IntakeError`. Undated records get now.
+    """
+    from schemas.vendor import windows
+    from schemas.vendor.wfdb import read_wfdb
+
     for path in paths:
-        rec = wfdb.rdrecord(str(Path(path).with_suffix("")), physical=True)
-        signal = np.nan_to_num(np.asarray(rec.p_signal, dtype=np.float32).T)
-        leads = tuple(_canonical_lead(n) for n in rec.sig_name)
-        when = rec.base_datetime.replace(tzinfo=UTC) if rec.base_datetime else datetime.now(UTC)
+        ecg = read_wfdb(Path(path))
+        when = ecg.acquired_at.replace(tzinfo=UTC) if ecg.acquired_at else datetime.now(UTC)
         name = re.sub(r"[^A-Za-z0-9._:-]", "_", Path(path).name)[:100]
-        yield Record(f"wfdb-{name}", f"wfdb-{name}", when, "wfdb", float(rec.fs), leads, signal, feed="wfdb")
-
-
-def _canonical_lead(name: str) -> str:
-    key = name.strip()
-    return _WFDB_LEAD_NAMES.get(key.lower(), key.upper() if key.lower() in {"i", "ii", "iii"} else key)
+        spans = windows(ecg.signal_mv.shape[1], ecg.fs, window_s) if window_s else [(0, ecg.signal_mv.shape[1])]
+        for k, (lo, hi) in enumerate(spans):
+            event_id = f"wfdb-{name}" if len(spans) == 1 else f"wfdb-{name}-w{k}"
+            yield Record(event_id, f"wfdb-{name}", when + timedelta(seconds=lo / ecg.fs), "wfdb", ecg.fs, ecg.leads,
+                         ecg.signal_mv[:, lo:hi].astype(np.float32), age_years=ecg.age_years, sex=ecg.sex,
+                         feed="wfdb")
 
 
 def simulated_records(n: int, fs: float = 500.0, seed: int = 0, bases: int = 6) -> Iterator[Record]:

@@ -98,6 +98,16 @@ class ExportSettings:
     timeout_s: float = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    """Vendor-file intake: HMAC keys of patient_ref per site, the zone of offset-less vendor times,
+    and whether ingested files move to done/ or are deleted."""
+
+    secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
+    timezone: str = "UTC"
+    done: str = "move"
+
+
 # The committed trained demo bundle (PTB-XL, issue #5; see its MODEL_CARD.md). Relative to the
 # working directory (the repository root, or /app in the image), as the previous default was.
 DEFAULT_BUNDLE = Path("models/bundles/ecgclip-r18-ptbxl-100hz")
@@ -117,6 +127,7 @@ class Settings:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     triage: TriageSettings = field(default_factory=TriageSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
     bundle_path: Path = DEFAULT_BUNDLE
     engine: str = "auto"
     # Intra-op threads of the model. One core stays free for the event loop, the Kafka
@@ -176,6 +187,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         triage=TriageSettings(actor=get.text("ACTOR", TriageSettings().actor),
                               lease_s=get.number("LEASE_S", TriageSettings().lease_s, lo=1, hi=7 * 86400)),
         export=_export(get),
+        intake=IntakeSettings(_secrets(get.text("INTAKE_SECRETS", "{}")), get.text("INTAKE_TZ", "UTC"),
+                              get.choice("INTAKE_DONE", "move", ("move", "delete"))),
         bundle_path=Path(get.text("BUNDLE", str(DEFAULT_BUNDLE))),
         engine=get.text("ENGINE", ds.engine),
         torch_threads=get.integer("TORCH_THREADS", max(1, (os.cpu_count() or 2) - 1), lo=1, hi=256),
@@ -207,6 +220,17 @@ def _export(get: _Reader) -> ExportSettings:
         backoff_s=get.number("FHIR_BACKOFF_S", d.backoff_s, lo=0, hi=60),
         timeout_s=get.number("FHIR_TIMEOUT_S", d.timeout_s, lo=0.1, hi=300),
     )
+
+
+def _secrets(raw: str) -> dict[str, bytes]:
+    """``ECGSCREEN_INTAKE_SECRETS``: a JSON object of site -> secret (at least 16 characters)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(v, str) and len(v) >= 16 for v in data.values()):
+        raise ConfigError(f"{ENV_PREFIX}INTAKE_SECRETS must be a JSON object of site -> secret of 16+ characters")
+    return {site: secret.encode() for site, secret in data.items()}
 
 
 _SITE_KEYS = frozenset({"prevalence", "thresholds", "disabled_tasks", "max_alerts_per_hour", "dedup_window_s",
