@@ -46,8 +46,10 @@ def test_events_from_wfdb_reads_ptbxl_and_other_formats(shared_data: Path, capsy
              wfdb / "ptb_diagnostic/s0010_re"]
     assert main(["events", "from-wfdb", *map(str, paths)]) == 0
     events = [decode_event(line.encode()) for line in capsys.readouterr().out.splitlines()]
-    assert [e.signal_mv.shape for e in events] == [(12, 5000), (12, 5000), (15, 38400)]
+    # the 38.4 s PTB record becomes three 10 s windows (the 8.4 s tail is dropped)
+    assert [e.signal_mv.shape for e in events] == [(12, 5000), (12, 5000), (15, 10000), (15, 10000), (15, 10000)]
     assert events[2].leads[:3] == ("I", "II", "III") and events[2].leads[-3:] == ("X", "Y", "Z")
+    assert [e.event_id for e in events[2:]] == [f"wfdb-s0010_re-w{k}" for k in range(3)]
 
 
 def test_stack_up_status_down(tmp_path: Path) -> None:
