@@ -225,3 +225,26 @@ def test_convert_command_prints_events_and_one_error_line_per_bad_file(tmp_path:
     assert orjson.loads(manifest.read_bytes())["statements"] == ["RITMO SINUSALE", "ECG NORMALE"]
     stopped = run_convert(str(bad), str(DICOM_SAMPLE))  # without --keep-going the first failure ends it
     assert stopped.returncode == 1 and stopped.stdout == ""
+
+
+# --------------------------------------------------------------------------- gate and model
+
+
+def test_every_converted_sample_passes_the_gate_and_is_scored_by_the_default_bundle(shared_data: Path) -> None:
+    from models.bundle import load_bundle
+    from models.engine import make_engine
+    from schemas.messages import QualityStatus
+    from workers.pipeline import RawMessage, Screener
+
+    files = [DICOM_SAMPLE, *sorted((shared_data / "vendor").glob("*/*.[xX][mM][lL]"))]
+    payloads = [e.payload for f in files for e in convert_file(f, CTX).events]
+    assert len(payloads) == 6  # MUSE, 2 Philips, 2 aECG (one of them Philips-made), DICOM
+    bundle = load_bundle(REPO / "models/bundles/ecgclip-r18-ptbxl-100hz")
+    screener = Screener(bundle=bundle, engine=make_engine(bundle, "torch-cpu"), explain_alerts=False)
+    outcomes = screener.screen([RawMessage.of(p, "ecg.events", 0, i) for i, p in enumerate(payloads)])
+    for outcome in outcomes:
+        assert outcome.verdict is not None, outcome.deadletter
+        assert outcome.verdict.quality.status in (QualityStatus.PASS, QualityStatus.DEGRADED)
+        wrong_leads = {"limb_lead_inconsistent", "limb_lead_reversal", "precordial_lead_swap", "missing_limb_leads"}
+        assert not wrong_leads & set(outcome.verdict.quality.reasons)
+        assert set(outcome.verdict.scores) == set(bundle.task_ids)
