@@ -15,11 +15,11 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 case "$what" in
   demo)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,intake]"
     exec .venv/bin/ecgscreen demo "$@"
     ;;
   test)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,dev]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,intake,dev]"
     .venv/bin/ruff check .
     .venv/bin/mypy schemas models workers ops
     exec .venv/bin/python -m pytest -q "$@"

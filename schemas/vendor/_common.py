@@ -99,6 +99,11 @@ LEAD_ALIASES: dict[str, str] = {
     "vx": "X", "vy": "Y", "vz": "Z", "v7": "V7", "v8": "V8", "v9": "V9",
     "v3r": "V3R", "v4r": "V4R", "v5r": "V5R",
 }  # fmt: skip
+# SCP-ECG lead numbers (EN 1064 table), shared by DICOM's SCPECG and MDC (2:N) channel codes.
+SCP_LEAD_NUMBERS: dict[int, str] = {
+    1: "I", 2: "II", 3: "V1", 4: "V2", 5: "V3", 6: "V4", 7: "V5", 8: "V6", 9: "V7", 11: "V3R", 12: "V4R",
+    13: "V5R", 16: "X", 17: "Y", 18: "Z", 61: "III", 62: "aVR", 63: "aVL", 64: "aVF", 66: "V8", 67: "V9",
+}  # fmt: skip
 _KNOWN = {name.lower(): name for name in LEAD_NAMES}
 
 

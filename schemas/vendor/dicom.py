@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from schemas.vendor._common import (
+    SCP_LEAD_NUMBERS,
     IntakeError,
     IntakeReason,
     VendorECG,
@@ -29,11 +30,6 @@ ECG_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.9.1.2": "general ECG",
     "1.2.840.10008.5.1.4.1.1.9.1.3": "ambulatory ECG",
 }
-# SCP-ECG lead numbers (EN 1064 table), shared by DICOM's SCPECG and MDC (2:N) channel codes.
-SCP_LEAD_NUMBERS = {
-    1: "I", 2: "II", 3: "V1", 4: "V2", 5: "V3", 6: "V4", 7: "V5", 8: "V6", 9: "V7", 11: "V3R", 12: "V4R",
-    13: "V5R", 16: "X", 17: "Y", 18: "Z", 61: "III", 62: "aVR", 63: "aVL", 64: "aVF", 66: "V8", 67: "V9",
-}  # fmt: skip
 _UNITS_TO_MV = {"uv": 1e-3, "mv": 1.0, "v": 1e3}
 
 
