@@ -10,6 +10,9 @@ from its content hash, so a file dropped twice, or re-read after a crash that ca
 ledger entry, publishes nothing new. The one window left is a crash after Kafka acknowledged a
 file's events and before the ledger entry: those events are sent again, byte-identical and
 under the same ids, and the worker records one outcome per event id.
+
+Hospital file names often carry an MRN, so the progress line and the ledger name no file; the
+quarantine record does, beside the file it describes.
 """
 
 from __future__ import annotations
@@ -190,7 +193,7 @@ async def ingest_file(path: Path, cfg: IngestConfig, producer: Sender, counts: I
     else:
         await producer.send_all([(e.event_id, e.payload) for e in conversion.events])
         _append_manifest(cfg.manifest, conversion)
-        _write_atomic(ledger, orjson.dumps({"file": path.name, "events": [e.event_id for e in conversion.events],
+        _write_atomic(ledger, orjson.dumps({"events": [e.event_id for e in conversion.events],
                                             "at": datetime.now(UTC).isoformat()}))
         counts.published += 1
         counts.events += len(conversion.events)
@@ -248,7 +251,7 @@ async def ingest_once(cfg: IngestConfig, producer: Sender, counts: IngestCounts 
     counts = counts or IngestCounts()
     for path in _aged(candidates(cfg.inbox), cfg.settle_s):
         await ingest_file(path, cfg, producer, counts)
-        print(counts.line() + f" (last: {path.name})", file=sys.stderr, flush=True)
+        print(counts.line(), file=sys.stderr, flush=True)
     return counts
 
 
@@ -264,7 +267,7 @@ async def watch_dir(cfg: IngestConfig, producer: Sender, stop: asyncio.Event) ->
         for path in settled.complete(candidates(cfg.inbox)):
             await ingest_file(path, cfg, producer, counts)
             settled.forget(path)
-            print(counts.line() + f" (last: {path.name})", file=sys.stderr, flush=True)
+            print(counts.line(), file=sys.stderr, flush=True)
             if stop.is_set():
                 break
         with contextlib.suppress(TimeoutError):

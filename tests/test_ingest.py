@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from workers.settings import Settings, load_settings
 pydicom = pytest.importorskip("pydicom")
 pytestmark = pytest.mark.integration
 SAMPLE = Path(pydicom.data.get_testdata_file("waveform_ecg.dcm"))
+REPO = Path(__file__).resolve().parents[1]
 BAD = {  # file name -> the reason its quarantine record must give
     "garbage.bin": "unknown_format",
     "bomb.xml": "unsafe_xml",
@@ -170,3 +173,36 @@ def test_watch_publishes_files_as_they_arrive(stack: StackInfo, tmp_path: Path) 
     counts = asyncio.run(scenario())
     assert counts.published == 3 and counts.quarantined == 5 and counts.events == 3
     check_quarantine(inbox)
+
+
+def run_cli(stack: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**stack.env(), "ECGSCREEN_INTAKE_SECRETS": '{"site-a": "' + "k" * 32 + '"}', "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+
+
+def test_ingest_once_and_events_publish_commands(stack: StackInfo, tmp_path: Path) -> None:
+    settings = load_settings(stack.env())
+    inbox = tmp_path / "inbox"
+    drop_files(inbox, "cli", 2)
+    out = run_cli(stack, "ingest", "once", str(inbox), "--site", "site-a", "--settle-s", "0")
+    assert out.returncode == 0, out.stderr
+    assert orjson.loads(out.stdout) == {"published": 2, "events": 2, "duplicates": 0, "quarantined": 5,
+                                        "reasons": Counter(BAD.values())}
+    assert out.stderr.splitlines()[-1] == "ingest: 2 published (2 events), 0 duplicate, 5 quarantined"
+    assert "cli-000" not in out.stderr  # no patient identifier in the log
+    check_quarantine(inbox)
+    # events publish: lines (one of them invalid) straight to the topic
+    ds = pydicom.dcmread(SAMPLE)
+    ds.PatientID = "pub-000"
+    ds.save_as(tmp_path / "pub.dcm")
+    from schemas.vendor import convert_file
+
+    line = convert_file(tmp_path / "pub.dcm", config(inbox).ctx).events[0].payload
+    (tmp_path / "events.jsonl").write_bytes(line + b"\n{not json\n")
+    published = run_cli(stack, "events", "publish", str(tmp_path / "events.jsonl"))
+    assert published.returncode == 1 and orjson.loads(published.stdout) == {"published": 1, "invalid": 1}
+    assert "ecgscreen: invalid_json: line 2:" in published.stderr
+    messages = asyncio.run(topic_messages(settings, refs("cli", 2) | refs("pub", 1), 3))
+    assert sorted(Counter(k for k, _ in messages).values()) == [1, 1, 1]

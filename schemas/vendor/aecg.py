@@ -18,6 +18,7 @@ from schemas.vendor._common import (
     IntakeReason,
     VendorECG,
     VendorFormat,
+    age_of,
     keep_known_leads,
     need,
     number,
@@ -43,9 +44,10 @@ def read_aecg(root: Element) -> VendorECG:
     subject = root.find(".//trialSubject")
     person = None if subject is None else subject.find("subjectDemographicPerson")
     gender = person.find("administrativeGenderCode") if person is not None else None
+    acquired = start or _hl7_time(_low(root))
     return VendorECG(
         format=VendorFormat.AECG, version="HL7 v3 aECG", fs=fs, leads=leads, signal_mv=signal,
-        gain_adc_per_mv=gain, acquired_at=start or _hl7_time(_low(root)),
+        gain_adc_per_mv=gain, acquired_at=acquired, age_years=_age(person, acquired),
         patient_id=_subject_id(subject),
         sex=sex_of(gender.get("code", "") if gender is not None else ""),
         device=text_of(series, ".//manufacturedSeriesDevice/manufacturerModelName")[:128] or None,
@@ -124,6 +126,20 @@ def _digits(text: str, code: str) -> np.ndarray:
     if values.size == 0:
         raise IntakeError(IntakeReason.CORRUPT_WAVEFORM, f"{code}: no samples")
     return values
+
+
+def _age(person: Element | None, acquired: datetime | None) -> float | None:
+    """Whole years from birthTime (YYYYMMDD...) to the acquisition date."""
+    birth = None if person is None else person.find("birthTime")
+    raw = "" if birth is None else birth.get("value", "")
+    if acquired is None or len(raw) < 8 or not raw[:8].isdigit():
+        return None
+    try:
+        born = datetime.strptime(raw[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+    day = acquired.date()
+    return age_of(str(day.year - born.year - ((day.month, day.day) < (born.month, born.day))))
 
 
 def _low(root: Element) -> str:
