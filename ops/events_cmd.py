@@ -170,9 +170,12 @@ class EventProducer:
         await self._producer.stop()
 
     async def send(self, key: str, payload: bytes) -> None:
-        await self._producer.send_and_wait(self.topic, payload, key=key.encode())
+        await self.send_all([(key, payload)])
 
     async def send_all(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Send a file's events together; returns once every one is acknowledged."""
-        futures = [await self._producer.send(self.topic, payload, key=key.encode()) for key, payload in items]
-        await asyncio.gather(*futures)
+        """Send a file's events together; returns once every one is acknowledged (else kafka_unavailable)."""
+        try:
+            futures = [await self._producer.send(self.topic, payload, key=key.encode()) for key, payload in items]
+            await asyncio.gather(*futures)
+        except Exception as exc:  # aiokafka's errors: the broker is away or refused the batch
+            raise ECGScreenError("kafka_unavailable", f"{type(exc).__name__}: {str(exc)[:200]}") from None

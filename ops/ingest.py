@@ -265,7 +265,11 @@ async def watch_dir(cfg: IngestConfig, producer: Sender, stop: asyncio.Event) ->
     counts, settled = IngestCounts(), Settled(cfg.settle_s)
     while not stop.is_set():
         for path in settled.complete(candidates(cfg.inbox)):
-            await ingest_file(path, cfg, producer, counts)
+            try:
+                await ingest_file(path, cfg, producer, counts)
+            except ECGScreenError as err:  # Kafka away: the file stays in DIR and is tried on the next scan
+                print(f"ecgscreen: {err.reason}: {err.detail}; retrying in {cfg.poll_s:g} s", file=sys.stderr)
+                break
             settled.forget(path)
             print(counts.line(), file=sys.stderr, flush=True)
             if stop.is_set():

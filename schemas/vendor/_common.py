@@ -95,7 +95,7 @@ class VendorECG:
 # One table for every adapter; README's intake section lists it.
 LEAD_ALIASES: dict[str, str] = {
     "mli": "I", "mlii": "II", "mliii": "III", "d1": "I", "d2": "II", "d3": "III",
-    "lead i": "I", "lead ii": "II", "lead iii": "III", "-avr": "", "avr": "aVR", "avl": "aVL", "avf": "aVF",
+    "-avr": "", "avr": "aVR", "avl": "aVL", "avf": "aVF",
     "vx": "X", "vy": "Y", "vz": "Z", "v7": "V7", "v8": "V8", "v9": "V9",
     "v3r": "V3R", "v4r": "V4R", "v5r": "V5R",
 }  # fmt: skip
@@ -109,10 +109,8 @@ _KNOWN = {name.lower(): name for name in LEAD_NAMES}
 
 def canonical_lead(name: str) -> str | None:
     """The ecg.event/v1 name for a vendor lead label, or None when it names no known lead."""
-    key = re.sub(r"\s+", " ", name.strip()).lower()
-    key = key.removeprefix("lead ").strip() if key not in LEAD_ALIASES else key
-    mapped = LEAD_ALIASES.get(key, _KNOWN.get(key))
-    return mapped or None
+    key = re.sub(r"\s+", " ", name.strip()).lower().removeprefix("lead ")  # "Lead II" as DICOM labels it
+    return LEAD_ALIASES.get(key, _KNOWN.get(key)) or None
 
 
 def keep_known_leads(
@@ -190,16 +188,10 @@ def parse_xml(data: bytes) -> Element:
 def xml_root_name(data: bytes) -> str | None:
     """The local name of the root element, from the first 4 KiB, without parsing the document."""
     head = data[:4096]
-    for codec in ("utf-16", "utf-8") if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8", "latin-1"):
-        try:
-            text = head.decode(codec, errors="ignore")
-        except UnicodeDecodeError:  # pragma: no cover - errors="ignore" never raises
-            continue
-        text = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", "", text, flags=re.S)
-        match = re.search(r"<\s*(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)", text)
-        if match:
-            return match.group(1)
-    return None
+    text = head.decode("utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin-1", errors="ignore")
+    text = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", "", text, flags=re.S)
+    match = re.search(r"<\s*(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)", text)
+    return match.group(1) if match else None
 
 
 def need(el: Element, path: str, what: str | None = None) -> Element:
