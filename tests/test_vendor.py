@@ -248,3 +248,19 @@ def test_every_converted_sample_passes_the_gate_and_is_scored_by_the_default_bun
         wrong_leads = {"limb_lead_inconsistent", "limb_lead_reversal", "precordial_lead_swap", "missing_limb_leads"}
         assert not wrong_leads & set(outcome.verdict.quality.reasons)
         assert set(outcome.verdict.scores) == set(bundle.task_ids)
+
+
+def test_intake_settings_need_a_secret_per_site() -> None:
+    from schemas.errors import ConfigError
+    from workers.settings import load_settings
+
+    settings = load_settings({"ECGSCREEN_INTAKE_SECRETS": '{"site-a": "0123456789abcdef"}',
+                              "ECGSCREEN_INTAKE_DONE": "delete"})
+    assert settings.intake.secrets == {"site-a": b"0123456789abcdef"} and settings.intake.done == "delete"
+    assert "0123456789abcdef" not in repr(settings)
+    with pytest.raises(ConfigError):
+        load_settings({"ECGSCREEN_INTAKE_SECRETS": '{"site-a": "short"}'})
+    from ops.events_cmd import intake_context
+
+    with pytest.raises(ConfigError, match="no patient_ref secret for site 'site-b'"):
+        intake_context(settings, "site-b")

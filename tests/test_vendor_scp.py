@@ -130,3 +130,21 @@ def test_scp_with_reference_beat_subtraction_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IntakeError) as err:
         convert_file(path, CTX, FormatChoice.SCP)
     assert err.value.reason is IntakeReason.UNSUPPORTED_ENCODING
+
+
+def test_scp_sections_shorter_than_their_fields_are_refused_not_crashed(tmp_path: Path) -> None:
+    leads, x = real_ecg()
+    record = bytearray(scp_record(leads, x[:, :500]))
+    # claim 40 leads in section 3 (its CRCs made valid again): the lead table runs past the section
+    zero = record[6:6 + 136]
+    start = next(struct.unpack_from("<HII", zero, 16 + 10 * k)[2] - 1 for k in range(12)
+                 if struct.unpack_from("<HII", zero, 16 + 10 * k)[0] == 3)
+    length = struct.unpack_from("<I", record, start + 4)[0]
+    record[start + 16] = 40
+    record[start:start + 2] = struct.pack("<H", binascii.crc_hqx(bytes(record[start + 2:start + length]), 0xFFFF))
+    record[0:2] = struct.pack("<H", binascii.crc_hqx(bytes(record[2:]), 0xFFFF))
+    path = tmp_path / "short.scp"
+    path.write_bytes(bytes(record))
+    with pytest.raises(IntakeError) as err:
+        convert_file(path, CTX)
+    assert err.value.reason is IntakeReason.CORRUPT_WAVEFORM

@@ -44,6 +44,13 @@ def crc_ccitt(data: bytes) -> int:
 
 
 def read_scp(data: bytes) -> VendorECG:
+    try:
+        return _read(data)
+    except (struct.error, IndexError) as exc:  # a field runs past the end of its section
+        raise IntakeError(_R.CORRUPT_WAVEFORM, f"a section is shorter than its fields: {exc}") from None
+
+
+def _read(data: bytes) -> VendorECG:
     sections = _sections(data)
     if 3 not in sections or 6 not in sections:
         raise IntakeError(_R.MISSING_ELEMENT, "SCP-ECG without section 3 (leads) or 6 (rhythm data)")
