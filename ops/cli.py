@@ -151,7 +151,10 @@ def cmd_events_from_npz(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_events_from_wfdb(args: argparse.Namespace, settings: Settings) -> int:
     from ops.feed import wfdb_records
 
-    write_lines(r.encode() for r in wfdb_records(args.paths, args.window_s))
+    def warn(text: str) -> None:
+        print(f"ecgscreen: warning: {text}", file=sys.stderr)
+
+    write_lines(r.encode() for r in wfdb_records(args.paths, args.window_s, warn))
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -101,17 +101,25 @@ def _ptbxl_sex(raw: str) -> Sex | None:
     return {"0": Sex.MALE, "1": Sex.FEMALE}.get(raw.split(".")[0].strip())
 
 
-def wfdb_records(paths: Sequence[Path], window_s: float | None = None) -> Iterator[Record]:
+def wfdb_records(paths: Sequence[Path], window_s: float | None = None,
+                 warn: Callable[[str], None] | None = None) -> Iterator[Record]:
     """Records read by the WFDB adapter (:mod:`schemas.vendor.wfdb`); with ``window_s``, one per window.
 
-    Lead names go through the adapter's alias table (MLII -> II, ...), unknown leads are dropped;
-    an unparseable header raises :class:`~schemas.vendor.IntakeError`. Undated records get now.
+    Lead names go through the adapter's alias table (MLII -> II, ...), unknown leads are dropped
+    (``warn`` hears of each); an unparseable header raises :class:`~schemas.vendor.IntakeError`
+    naming the file. Undated records get now.
     """
-    from schemas.vendor import windows
+    from schemas.vendor import IntakeError, windows
     from schemas.vendor.wfdb import read_wfdb
 
     for path in paths:
-        ecg = read_wfdb(Path(path))
+        try:
+            ecg = read_wfdb(Path(path))
+        except IntakeError as err:
+            raise IntakeError(err.reason, f"{path}: {err.detail}") from None
+        for warning in ecg.warnings:
+            if warn is not None:
+                warn(f"{path}: {warning}")
         when = ecg.acquired_at.replace(tzinfo=UTC) if ecg.acquired_at else datetime.now(UTC)
         name = re.sub(r"[^A-Za-z0-9._:-]", "_", Path(path).name)[:100]
         spans = windows(ecg.signal_mv.shape[1], ecg.fs, window_s) if window_s else [(0, ecg.signal_mv.shape[1])]
