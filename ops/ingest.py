@@ -153,17 +153,16 @@ class Settled:
 
     def __init__(self, settle_s: float) -> None:
         self.settle_s = settle_s
-        self._seen: dict[Path, tuple[tuple[int, int], float]] = {}
+        self._seen: dict[Path, tuple[tuple[tuple[int, int], ...], float]] = {}
 
     def complete(self, paths: Sequence[Path], now: float | None = None) -> list[Path]:
         now = time.monotonic() if now is None else now
         ready = []
         for path in paths:
-            try:
-                stat = path.stat()
+            try:  # a WFDB record is complete when its header and signal files all are
+                key = tuple((s.st_size, s.st_mtime_ns) for s in (m.stat() for m in _members(path)))
             except FileNotFoundError:
                 continue
-            key = (stat.st_size, stat.st_mtime_ns)
             prev = self._seen.get(path)
             since = prev[1] if prev is not None and prev[0] == key else now
             self._seen[path] = (key, since)
@@ -257,7 +256,7 @@ async def ingest_once(cfg: IngestConfig, producer: Sender, counts: IngestCounts 
 
 def _aged(paths: list[Path], settle_s: float) -> list[Path]:
     now = time.time()
-    return [p for p in paths if now - p.stat().st_mtime >= settle_s]
+    return [p for p in paths if all(now - m.stat().st_mtime >= settle_s for m in _members(p))]
 
 
 async def watch_dir(cfg: IngestConfig, producer: Sender, stop: asyncio.Event) -> IngestCounts:

@@ -206,3 +206,16 @@ def test_ingest_once_and_events_publish_commands(stack: StackInfo, tmp_path: Pat
     assert "ecgscreen: invalid_json: line 2:" in published.stderr
     messages = asyncio.run(topic_messages(settings, refs("cli", 2) | refs("pub", 1), 3))
     assert sorted(Counter(k for k, _ in messages).values()) == [1, 1, 1]
+
+
+def test_candidates_skip_partial_hidden_and_wfdb_signal_files(tmp_path: Path) -> None:
+    from ops.ingest import Settled, candidates
+
+    for name in ("a.xml", "b.xml.part", ".c.xml", "r.hea", "r.dat", "lone.dat"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(p.name for p in candidates(tmp_path)) == ["a.xml", "lone.dat", "r.hea"]
+    settled = Settled(settle_s=5.0)
+    assert settled.complete(candidates(tmp_path), now=100.0) == []
+    (tmp_path / "r.dat").write_bytes(b"xy")  # the record's signal file still growing
+    assert sorted(p.name for p in settled.complete(candidates(tmp_path), now=105.0)) == ["a.xml", "lone.dat"]
+    assert sorted(p.name for p in settled.complete(candidates(tmp_path), now=110.0)) == ["a.xml", "lone.dat", "r.hea"]
