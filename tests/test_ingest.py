@@ -91,7 +91,7 @@ async def topic_messages(settings: Settings, wanted: set[str], expected: int,
                 out += [(r.key.decode(), r.value) for r in records
                         if r.key and r.value and orjson.loads(r.value)["patient_ref"] in wanted]
             if len(out) >= expected and quiet_until == float("inf"):
-                quiet_until = loop.time() + 2.0  # then a little longer, to see any extra copy
+                quiet_until = loop.time() + 1.0  # then a little longer, to see any extra copy
     finally:
         await consumer.stop()
     return out
