@@ -219,7 +219,8 @@ def test_convert_command_prints_events_and_one_error_line_per_bad_file(tmp_path:
     manifest = tmp_path / "reports.jsonl"
     out = run_convert(str(bad), str(DICOM_SAMPLE), "--keep-going", "--report-manifest", str(manifest))
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.splitlines() == [f"ecgscreen: malformed_xml: {bad}: mismatched tag: line 1, column 24"]
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"ecgscreen: malformed_xml: {bad}: mismatched tag: line 1")
     event = decode_event(out.stdout.splitlines()[0].encode())
     assert event.event_id.startswith("dicom-") and event.sampling_rate_hz == 1000.0
     assert orjson.loads(manifest.read_bytes())["statements"] == ["RITMO SINUSALE", "ECG NORMALE"]
