@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ class EngineOptions:
     cuda_graphs: bool = True
     device: str = "cuda"  # which GPU, for the GPU engines
     opt_batch: int = 32  # TensorRT optimises kernels for this batch
-    cache_dir: Path | None = None  # TensorRT programs; None: $ECGSCREEN_TRT_CACHE or ~/.cache/ecgscreen/tensorrt
+    cache_dir: Path | None = None  # TensorRT programs; None: ~/.cache/ecgscreen/tensorrt (ECGSCREEN_TRT_CACHE sets it)
     threads: int | None = None  # torch.set_num_threads (process-wide)
 
     def __post_init__(self) -> None:
@@ -289,10 +288,7 @@ def tensorrt_buckets(options: EngineOptions) -> tuple[int, ...]:
 
 
 def trt_cache_dir(options: EngineOptions) -> Path:
-    if options.cache_dir is not None:
-        return options.cache_dir
-    env = os.environ.get("ECGSCREEN_TRT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "ecgscreen" / "tensorrt"
+    return options.cache_dir or Path.home() / ".cache" / "ecgscreen" / "tensorrt"
 
 
 def trt_cache_key(bundle: Bundle, options: EngineOptions, gpu: str, versions: dict[str, str]) -> dict[str, Any]:

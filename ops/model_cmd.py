@@ -69,14 +69,15 @@ def _predict_parser(actions: Any) -> None:
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp16", "bf16"), default="fp16", help="GPU engines")
-    p.add_argument("--cache-dir", type=Path, default=None, help="TensorRT program cache")
+    p.add_argument("--cache-dir", type=Path, default=None, help="TensorRT program cache (default ECGSCREEN_TRT_CACHE)")
     p.add_argument("--no-cuda-graphs", action="store_true")
 
 
-def _options(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace, settings: Settings) -> Any:
     from models.engine import EngineOptions
 
-    return EngineOptions(precision=args.precision, cache_dir=args.cache_dir, cuda_graphs=not args.no_cuda_graphs)
+    cache_dir = args.cache_dir or settings.engine_tuning.trt_cache
+    return EngineOptions(precision=args.precision, cache_dir=cache_dir, cuda_graphs=not args.no_cuda_graphs)
 
 
 # --- init-untrained, info ------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from models.engine import make_engine
 
     bundle = load_bundle(args.bundle)
-    engine = make_engine(bundle, args.engine, _options(args))
+    engine = make_engine(bundle, args.engine, _options(args, settings))
     pending: list[tuple[dict[str, Any], np.ndarray, tuple[str, ...]]] = []
     for ids, sig, fs, leads, err in read_records(args.input, args.csv, args.limit):
         if err is not None or sig is None:
@@ -252,7 +253,7 @@ def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
 
     bundle = load_bundle(args.bundle)
     started = time.perf_counter()
-    engine = make_engine(bundle, args.engine, _options(args))
+    engine = make_engine(bundle, args.engine, _options(args, settings))
     warmup = getattr(engine, "warmup", None)
     if callable(warmup):
         warmup()
@@ -276,7 +277,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         x = np.stack([it[1] for it in items if it is not None])
     else:
         x = synthetic_inputs(bundle.config.input, args.n)
-    engine = make_engine(bundle, args.engine, _options(args))
+    engine = make_engine(bundle, args.engine, _options(args, settings))
     report = verify_engine(bundle, engine, x)
     if args.atol is not None:
         report = dataclasses.replace(report, tolerance=args.atol)

@@ -19,7 +19,8 @@ log = logging.getLogger("ecgscreen.worker")
 
 def build_screener(settings: Settings) -> Screener:
     bundle = load_bundle(settings.bundle_path)
-    engine = make_engine(bundle, settings.engine, EngineOptions(threads=settings.torch_threads))
+    options = EngineOptions(threads=settings.torch_threads, **settings.engine_tuning.options())  # type: ignore[arg-type]
+    engine = make_engine(bundle, settings.engine, options)
     spec = bundle.config.input
     started = time.perf_counter()
     # Warm up once so the first real batch does not pay for thread pools and allocator growth.

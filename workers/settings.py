@@ -34,6 +34,27 @@ class Topics:
 
 
 @dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How clients authenticate to the brokers; PLAINTEXT for the embedded stack."""
+
+    protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+
+@dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap: str = "127.0.0.1:9092"
     group_id: str = "ecgscreen-worker"
@@ -45,6 +66,7 @@ class KafkaSettings:
     # Group membership lapses after this without heartbeats. Tansu completes a
     # join after half of it, so a short timeout also makes start-up quick.
     session_timeout_s: float = 10.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +136,40 @@ DEFAULT_BUNDLE = Path("models/bundles/ecgclip-r18-ptbxl-100hz")
 
 
 @dataclass(frozen=True, slots=True)
+class EngineTuning:
+    """Options of the compiled engines (``models.engine.EngineOptions``); None keeps the engine's default."""
+
+    precision: str | None = None
+    buckets: tuple[int, ...] | None = None
+    opt_batch: int | None = None
+    cuda_graphs: bool | None = None
+    device: str | None = None
+    trt_cache: Path | None = None
+
+    def options(self) -> dict[str, object]:
+        """Keyword arguments for ``EngineOptions`` (only what was set)."""
+        given = {"precision": self.precision, "buckets": self.buckets, "opt_batch": self.opt_batch,
+                 "cuda_graphs": self.cuda_graphs, "device": self.device, "cache_dir": self.trt_cache}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class OpsSettings:
+    """The worker's small HTTP server: /metrics, /healthz, /readyz (port 0: none)."""
+
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9400
+    # A liveness probe fails when the event loop has not ticked for this long (stuck or blocked).
+    stall_after_s: float = 60.0
+
+
+def default_torch_threads() -> int:
+    # One core stays free for the event loop, the Kafka client and the gate: oversubscribed
+    # cores made R18 calls 25x slower here.
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True, slots=True)
 class BatchSettings:
     max_batch: int = 32
     max_wait_s: float = 0.2
@@ -130,9 +186,10 @@ class Settings:
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     bundle_path: Path = DEFAULT_BUNDLE
     engine: str = "auto"
-    # Intra-op threads of the model. One core stays free for the event loop, the Kafka
-    # client and the gate: oversubscribed cores made R18 calls 25x slower here.
-    torch_threads: int = 1
+    engine_tuning: EngineTuning = field(default_factory=EngineTuning)
+    # Intra-op threads of the model (process-wide).
+    torch_threads: int = field(default_factory=default_torch_threads)
+    ops: OpsSettings = field(default_factory=OpsSettings)
     state_dir: Path = Path(".ecgscreen")
     # How long the worker retries a durable write (Redis, Kafka) before it stops
     # without acknowledging, so that the batch is redelivered instead of lost.
@@ -145,80 +202,189 @@ class Settings:
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``ECGSCREEN_*`` variables; unset ones keep defaults."""
-    src = os.environ if env is None else env
-    get = _Reader(src)
-    dt, dk, dr, db, ds = Topics(), KafkaSettings(), RedisSettings(), BatchSettings(), Settings()
-    topics = Topics(
-        events=get.text("TOPIC_EVENTS", dt.events),
-        verdicts=get.text("TOPIC_VERDICTS", dt.verdicts),
-        alerts=get.text("TOPIC_ALERTS", dt.alerts),
-        deadletter=get.text("TOPIC_DEADLETTER", dt.deadletter),
-    )
-    kafka = KafkaSettings(
-        bootstrap=get.text("KAFKA_BOOTSTRAP", dk.bootstrap),
-        group_id=get.text("GROUP_ID", dk.group_id),
-        topics=topics,
-        partitions=get.integer("PARTITIONS", dk.partitions, lo=1, hi=1024),
-        commit_interval_s=get.number("COMMIT_INTERVAL_S", dk.commit_interval_s, lo=0.05, hi=60),
-        session_timeout_s=get.number("SESSION_TIMEOUT_S", dk.session_timeout_s, lo=6, hi=300),
-    )
-    redis = RedisSettings(
-        url=get.text("REDIS_URL", dr.url),
-        key_prefix=get.text("REDIS_PREFIX", dr.key_prefix),
-        outcome_ttl_s=get.integer("OUTCOME_TTL_S", dr.outcome_ttl_s, lo=60, hi=10**9),
-        username=get.text("REDIS_USERNAME", "") or None,
-        password=get.text("REDIS_PASSWORD", "") or None,
-        ssl_ca_certs=get.text("REDIS_SSL_CA_CERTS", "") or None,
-        ssl_certfile=get.text("REDIS_SSL_CERTFILE", "") or None,
-        ssl_keyfile=get.text("REDIS_SSL_KEYFILE", "") or None,
-        ssl_cert_reqs=get.choice("REDIS_SSL_CERT_REQS", dr.ssl_cert_reqs, ("required", "optional", "none")),
-        ssl_check_hostname=get.flag("REDIS_SSL_CHECK_HOSTNAME", dr.ssl_check_hostname),
-    )
-    batch = BatchSettings(
-        max_batch=get.integer("MAX_BATCH", db.max_batch, lo=1, hi=4096),
-        max_wait_s=get.number("MAX_WAIT_S", db.max_wait_s, lo=0.001, hi=60),
-    )
-    state_dir = Path(get.text("STATE_DIR", str(ds.state_dir)))
+    return _load(_Reader(os.environ if env is None else env))
+
+
+def settings_reference() -> list[Variable]:
+    """Every variable :func:`load_settings` reads, with its default and meaning, in reading order."""
+    reader = _Reader({})
+    _load(reader)
+    return reader.seen
+
+
+def _load(get: _Reader) -> Settings:
+    ds = Settings()
     return Settings(
-        kafka=kafka,
-        redis=redis,
-        batch=batch,
+        kafka=_kafka(get),
+        redis=_redis(get),
+        batch=_batch(get),
         policy=_policy(get),
-        triage=TriageSettings(actor=get.text("ACTOR", TriageSettings().actor),
-                              lease_s=get.number("LEASE_S", TriageSettings().lease_s, lo=1, hi=7 * 86400)),
+        triage=_triage(get),
         export=_export(get),
-        intake=IntakeSettings(_secrets(get.text("INTAKE_SECRETS", "{}")), get.text("INTAKE_TZ", "UTC"),
-                              get.choice("INTAKE_DONE", "move", ("move", "delete"))),
-        bundle_path=Path(get.text("BUNDLE", str(DEFAULT_BUNDLE))),
-        engine=get.text("ENGINE", ds.engine),
-        torch_threads=get.integer("TORCH_THREADS", max(1, (os.cpu_count() or 2) - 1), lo=1, hi=256),
-        state_dir=state_dir,
-        durable_write_timeout_s=get.number("DURABLE_WRITE_TIMEOUT_S", 120.0, lo=1, hi=86400),
-        log_level=get.text("LOG_LEVEL", ds.log_level).upper(),
+        intake=_intake(get),
+        bundle_path=Path(get.text("BUNDLE", str(DEFAULT_BUNDLE), "model bundle folder (weights, config, SHA-256)")),
+        engine=get.text("ENGINE", ds.engine, "inference engine: auto, torch-cpu, torch-cpu-bf16, "
+                        "torch-cpu-compile, torch-cuda or tensorrt (auto: tensorrt, else torch-cuda, else torch-cpu)"),
+        engine_tuning=_engine_tuning(get),
+        torch_threads=get.integer("TORCH_THREADS", default_torch_threads(), "intra-op threads of the model",
+                                  lo=1, hi=256, shown="CPU cores - 1 (at least 1)"),
+        ops=_ops(get),
+        state_dir=Path(get.text("STATE_DIR", str(ds.state_dir), "local state: faust's data, the readiness marker")),
+        durable_write_timeout_s=get.number(
+            "DURABLE_WRITE_TIMEOUT_S", ds.durable_write_timeout_s,
+            "how long a failing Redis or Kafka write is retried before the worker exits unacknowledged (exit 75)",
+            lo=1, hi=86400),
+        log_level=get.text("LOG_LEVEL", ds.log_level, "DEBUG, INFO, WARNING or ERROR").upper(),
+    )
+
+
+def _kafka(get: _Reader) -> KafkaSettings:
+    dt, dk, sec = Topics(), KafkaSettings(), KafkaSecurity()
+    bootstrap = get.text("KAFKA_BOOTSTRAP", dk.bootstrap, "Kafka bootstrap servers (host:port, comma-separated)")
+    group_id = get.text("GROUP_ID", dk.group_id, "consumer group of the workers (one group per deployment)")
+    topics = Topics(
+        events=get.text("TOPIC_EVENTS", dt.events, "topic the worker reads ECG events from"),
+        verdicts=get.text("TOPIC_VERDICTS", dt.verdicts, "topic of verdicts (one per screened event)"),
+        alerts=get.text("TOPIC_ALERTS", dt.alerts, "topic of alerts (what subscribers read)"),
+        deadletter=get.text("TOPIC_DEADLETTER", dt.deadletter, "topic of dead letters (with a reason each)"),
+    )
+    return KafkaSettings(
+        bootstrap=bootstrap,
+        group_id=group_id,
+        topics=topics,
+        partitions=get.integer("PARTITIONS", dk.partitions, "partitions `ecgscreen stack up` creates per topic",
+                               lo=1, hi=1024),
+        commit_interval_s=get.number("COMMIT_INTERVAL_S", dk.commit_interval_s,
+                                     "how often acknowledged offsets are committed", lo=0.05, hi=60),
+        session_timeout_s=get.number("SESSION_TIMEOUT_S", dk.session_timeout_s,
+                                     "consumer group session timeout (a silent member is dropped after it)",
+                                     lo=6, hi=300),
+        security=KafkaSecurity(
+            protocol=get.choice("KAFKA_SECURITY_PROTOCOL", sec.protocol, "how clients talk to the brokers",
+                                ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
+            sasl_mechanism=get.choice("KAFKA_SASL_MECHANISM", sec.sasl_mechanism, "SASL mechanism (SASL_* protocols)",
+                                      ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")),
+            username=get.text("KAFKA_USERNAME", "", "SASL user name") or None,
+            password=get.secret("KAFKA_PASSWORD", "SASL password"),
+            ssl_cafile=get.text("KAFKA_SSL_CAFILE", "", "CA bundle that signed the brokers' certificates") or None,
+            ssl_certfile=get.text("KAFKA_SSL_CERTFILE", "", "client certificate (mutual TLS)") or None,
+            ssl_keyfile=get.text("KAFKA_SSL_KEYFILE", "", "client key (mutual TLS)") or None,
+        ),
+    )
+
+
+def _redis(get: _Reader) -> RedisSettings:
+    dr = RedisSettings()
+    return RedisSettings(
+        url=get.text("REDIS_URL", dr.url, "Redis of the triage queue (rediss:// for TLS)"),
+        key_prefix=get.text("REDIS_PREFIX", dr.key_prefix, "prefix of every Redis key"),
+        outcome_ttl_s=get.integer("OUTCOME_TTL_S", dr.outcome_ttl_s,
+                                  "how long an event's outcome guards against redelivered duplicates", lo=60, hi=10**9),
+        username=get.text("REDIS_USERNAME", "", "Redis ACL user (`ecgscreen triage acl`)") or None,
+        password=get.secret("REDIS_PASSWORD", "Redis ACL password"),
+        ssl_ca_certs=get.text("REDIS_SSL_CA_CERTS", "", "CA bundle for rediss://") or None,
+        ssl_certfile=get.text("REDIS_SSL_CERTFILE", "", "client certificate for rediss://") or None,
+        ssl_keyfile=get.text("REDIS_SSL_KEYFILE", "", "client key for rediss://") or None,
+        ssl_cert_reqs=get.choice("REDIS_SSL_CERT_REQS", dr.ssl_cert_reqs, "verification of the server certificate",
+                                 ("required", "optional", "none")),
+        ssl_check_hostname=get.flag("REDIS_SSL_CHECK_HOSTNAME", dr.ssl_check_hostname,
+                                    "check the server certificate's host name"),
+    )
+
+
+def _batch(get: _Reader) -> BatchSettings:
+    db = BatchSettings()
+    return BatchSettings(
+        max_batch=get.integer("MAX_BATCH", db.max_batch, "most events per micro-batch", lo=1, hi=4096),
+        max_wait_s=get.number("MAX_WAIT_S", db.max_wait_s, "longest wait to fill a micro-batch", lo=0.001, hi=60),
+    )
+
+
+def _triage(get: _Reader) -> TriageSettings:
+    d = TriageSettings()
+    return TriageSettings(
+        actor=get.text("ACTOR", d.actor, "who `triage` commands act as (audit trail); --actor overrides"),
+        lease_s=get.number("LEASE_S", d.lease_s, "how long a claim holds an alert", lo=1, hi=7 * 86400),
+    )
+
+
+def _engine_tuning(get: _Reader) -> EngineTuning:
+    engine = "the engine's default (models/engine.py)"
+    precision = get.choice("ENGINE_PRECISION", "", "GPU engines' precision: fp16 or bf16", ("", "fp16", "bf16"),
+                           shown=engine)
+    buckets = get.text("ENGINE_BUCKETS", "", "batch sizes compiled engines pad to, ascending, comma-separated",
+                       shown=engine)
+    opt_batch = get.integer("ENGINE_OPT_BATCH", 0, "batch TensorRT tunes its kernels for", lo=0, hi=4096,
+                            shown=engine)
+    graphs = get.choice("ENGINE_CUDA_GRAPHS", "", "CUDA graphs per bucket in torch-cuda: true or false",
+                        ("", "true", "false"), shown=engine)
+    device = get.text("ENGINE_DEVICE", "", "GPU of the GPU engines (cuda, cuda:1, ...)", shown=engine)
+    cache = get.text("TRT_CACHE", "", "folder of compiled TensorRT programs (keep it on a volume)", shown=engine)
+    return EngineTuning(precision=precision or None, buckets=_buckets(buckets) if buckets else None,
+                        opt_batch=opt_batch or None, cuda_graphs=None if not graphs else graphs == "true",
+                        device=device or None, trt_cache=Path(cache) if cache else None)
+
+
+def _buckets(raw: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}ENGINE_BUCKETS={raw!r} is not a comma-separated list of integers") from None
+    if not values or list(values) != sorted(set(values)) or values[0] < 1:
+        raise ConfigError(f"{ENV_PREFIX}ENGINE_BUCKETS={raw!r} must be ascending distinct integers >= 1")
+    return values
+
+
+def _ops(get: _Reader) -> OpsSettings:
+    d = OpsSettings()
+    return OpsSettings(
+        metrics_host=get.text("METRICS_HOST", d.metrics_host, "address of /metrics, /healthz, /readyz"),
+        metrics_port=get.integer("METRICS_PORT", d.metrics_port, "port of /metrics, /healthz, /readyz (0: off)",
+                                 lo=0, hi=65535),
+        stall_after_s=get.number("STALL_AFTER_S", d.stall_after_s,
+                                 "/healthz fails when the event loop has not ticked for this long", lo=1, hi=3600),
     )
 
 
 def _policy(get: _Reader) -> PolicyConfig:
     d = PolicyConfig()
-    limit = get.integer("ALERTS_PER_HOUR", -1, lo=-1, hi=10**6)
+    limit = get.integer("ALERTS_PER_HOUR", -1, "new worklist entries per site per hour; the rest are held",
+                        lo=-1, hi=10**6, shown="no limit")
     return PolicyConfig(
-        dedup_window_s=get.number("DEDUP_WINDOW_S", d.dedup_window_s, lo=0, hi=365 * 86400),
-        max_future_s=get.number("MAX_FUTURE_S", d.max_future_s, lo=0, hi=365 * 86400),
-        max_past_s=get.number("MAX_PAST_S", d.max_past_s, lo=0, hi=100 * 365 * 86400),
+        dedup_window_s=get.number("DEDUP_WINDOW_S", d.dedup_window_s,
+                                  "one open alert per (site, patient, task) within this much event time",
+                                  lo=0, hi=365 * 86400),
+        max_future_s=get.number("MAX_FUTURE_S", d.max_future_s,
+                                "an event acquired further ahead than this is flagged clock_skew",
+                                lo=0, hi=365 * 86400),
+        max_past_s=get.number("MAX_PAST_S", d.max_past_s,
+                              "an event acquired longer ago than this is flagged late_event, priority capped",
+                              lo=0, hi=100 * 365 * 86400),
         max_alerts_per_hour=None if limit < 0 else limit,
-        sites=site_policies(get.text("SITE_POLICY", "{}")),
+        sites=site_policies(get.text("SITE_POLICY", "{}", "per-site overrides, JSON (see Alert policy)")),
     )
 
 
 def _export(get: _Reader) -> ExportSettings:
     d = ExportSettings()
-    fhir_dir = get.text("FHIR_DIR", "")
+    fhir_dir = get.text("FHIR_DIR", "", "folder the FHIR export writes to")
     return ExportSettings(
         fhir_dir=Path(fhir_dir) if fhir_dir else None,
-        fhir_endpoint=get.text("FHIR_ENDPOINT", "") or None,
-        max_attempts=get.integer("FHIR_MAX_ATTEMPTS", d.max_attempts, lo=1, hi=100),
-        backoff_s=get.number("FHIR_BACKOFF_S", d.backoff_s, lo=0, hi=60),
-        timeout_s=get.number("FHIR_TIMEOUT_S", d.timeout_s, lo=0.1, hi=300),
+        fhir_endpoint=get.text("FHIR_ENDPOINT", "", "FHIR server the export POSTs to") or None,
+        max_attempts=get.integer("FHIR_MAX_ATTEMPTS", d.max_attempts, "POST attempts per alert", lo=1, hi=100),
+        backoff_s=get.number("FHIR_BACKOFF_S", d.backoff_s, "first retry delay (doubling, at most 30 s)", lo=0, hi=60),
+        timeout_s=get.number("FHIR_TIMEOUT_S", d.timeout_s, "timeout of one POST", lo=0.1, hi=300),
+    )
+
+
+def _intake(get: _Reader) -> IntakeSettings:
+    d = IntakeSettings()
+    secrets = get.secret("INTAKE_SECRETS", "per-site patient_ref HMAC secrets, JSON site -> secret (16+ characters)")
+    return IntakeSettings(
+        _secrets(secrets or "{}"),
+        get.text("INTAKE_TZ", d.timezone, "zone of vendor times that carry no UTC offset"),
+        get.choice("INTAKE_DONE", d.done, "what happens to an ingested file: move (to done/) or delete",
+                   ("move", "delete")),
     )
 
 
@@ -284,30 +450,62 @@ def _number(name: str, value: object, lo: float, hi: float) -> float:
     return float(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable as the settings reference (README) shows it."""
+
+    name: str
+    default: str
+    meaning: str
+
+
 class _Reader:
-    """Typed access to prefixed variables with errors that name the variable."""
+    """Typed access to prefixed variables with errors that name the variable.
+
+    Every read names its default and meaning, and is noted in ``seen``: the settings
+    reference is made from what the loader reads, so it cannot drift from the code.
+    """
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+        self.seen: list[Variable] = []
 
-    def text(self, name: str, default: str) -> str:
-        value = self._env.get(ENV_PREFIX + name, "").strip()
-        return value or default
+    def _raw(self, name: str, default: object, meaning: str, shown: str | None) -> str:
+        self.seen.append(Variable(ENV_PREFIX + name, _shown(default) if shown is None else shown, meaning))
+        return self._env.get(ENV_PREFIX + name, "").strip()
 
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(name, default)
+    def text(self, name: str, default: str, meaning: str, *, shown: str | None = None) -> str:
+        return self._raw(name, default, meaning, shown) or default
+
+    def secret(self, name: str, meaning: str) -> str | None:
+        """``NAME`` or the contents of the file named by ``NAME_FILE`` (a mounted secret)."""
+        value = self._raw(name, "", meaning, None)
+        path = self._raw(f"{name}_FILE", "", f"file holding the {meaning} (a mounted secret)",
+                         None)
+        if value and path:
+            raise ConfigError(f"set {ENV_PREFIX}{name} or {ENV_PREFIX}{name}_FILE, not both")
+        if not path:
+            return value or None
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as err:
+            raise ConfigError(f"{ENV_PREFIX}{name}_FILE={path!r} cannot be read ({err.strerror})") from None
+
+    def choice(self, name: str, default: str, meaning: str, allowed: tuple[str, ...], *,
+               shown: str | None = None) -> str:
+        value = self._raw(name, default, meaning, shown) or default
         if value not in allowed:
             raise ConfigError(f"{ENV_PREFIX}{name}={value!r} is not one of {allowed}")
         return value
 
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.text(name, "true" if default else "false").lower()
+    def flag(self, name: str, default: bool, meaning: str) -> bool:
+        value = (self._raw(name, default, meaning, None) or ("true" if default else "false")).lower()
         if value not in ("true", "false", "1", "0", "yes", "no"):
             raise ConfigError(f"{ENV_PREFIX}{name}={value!r} is not a boolean (true/false)")
         return value in ("true", "1", "yes")
 
-    def integer(self, name: str, default: int, *, lo: int, hi: int) -> int:
-        raw = self._env.get(ENV_PREFIX + name, "").strip()
+    def integer(self, name: str, default: int, meaning: str, *, lo: int, hi: int, shown: str | None = None) -> int:
+        raw = self._raw(name, default, meaning, shown)
         if not raw:
             return default
         try:
@@ -316,8 +514,8 @@ class _Reader:
             raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
         return self._bounded(name, value, lo, hi)
 
-    def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
-        raw = self._env.get(ENV_PREFIX + name, "").strip()
+    def number(self, name: str, default: float, meaning: str, *, lo: float, hi: float) -> float:
+        raw = self._raw(name, default, meaning, None)
         if not raw:
             return default
         try:
@@ -331,3 +529,11 @@ class _Reader:
         if not lo <= value <= hi:
             raise ConfigError(f"{ENV_PREFIX}{name}={value} is outside [{lo}, {hi}]")
         return value
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default) if default != "" else "unset"
