@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from schemas.codec import encode_alert
 from schemas.errors import ConfigError
 from schemas.messages import Alert, Priority, TaskGroup
+from workers.health import Health, dependency_checks, start_ops_server
+from workers.metrics import SubscriberMetrics
 from workers.settings import Settings
 from workers.subscribers import (
     AlertFilter,
+    ExportError,
     FhirExporter,
     FileSink,
     HttpSink,
@@ -48,6 +53,8 @@ def _common(p: argparse.ArgumentParser, default_group: str | None) -> None:
     p.add_argument("--min-priority", choices=[x.value for x in Priority], default=None)
     p.add_argument("--max", type=int, default=None, help="stop after this many alerts")
     p.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds of silence")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve /metrics, /healthz, /readyz on this port (default: none)")
 
 
 def subscription(args: argparse.Namespace, settings: Settings) -> Subscription:
@@ -55,32 +62,54 @@ def subscription(args: argparse.Namespace, settings: Settings) -> Subscription:
                        min_priority=Priority(args.min_priority) if args.min_priority else None)
     return Subscription(bootstrap=settings.kafka.bootstrap, topic=settings.kafka.topics.alerts, group_id=args.group,
                         from_beginning=not args.latest, max_alerts=args.max, idle_timeout_s=args.idle_timeout,
-                        filter=filt, session_timeout_s=settings.kafka.session_timeout_s)
+                        filter=filt, session_timeout_s=settings.kafka.session_timeout_s,
+                        security=settings.kafka.security)
+
+
+@contextlib.contextmanager
+def observed(name: str, args: argparse.Namespace, settings: Settings) -> Iterator[SubscriberMetrics]:
+    """The subscriber's metrics, served with its health on ``--metrics-port`` (when given)."""
+    metrics = SubscriberMetrics(name, Health(stall_after_s=settings.ops.stall_after_s))
+    checks, _ = dependency_checks(settings.kafka, None)
+    server = start_ops_server(settings.ops.metrics_host, args.metrics_port, metrics.registry, metrics.health, checks)
+    try:
+        yield metrics
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(alert: Alert) -> None:
-        line = encode_alert(alert).decode() if args.json else alert_line(alert)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+    with observed("tail", args, settings) as metrics:
+        async def show(alert: Alert) -> None:
+            line = encode_alert(alert).decode() if args.json else alert_line(alert)
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            metrics.handled("shown")
 
-    asyncio.run(consume(subscription(args, settings), show))
+        asyncio.run(consume(subscription(args, settings), show, metrics))
     return 0
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    exporter = FhirExporter(*_sink(args, settings))
+    with observed("export-fhir", args, settings) as metrics:
+        exporter = FhirExporter(*_sink(args, settings, metrics))
 
-    async def export(alert: Alert) -> None:
-        result = await exporter.export(alert)
-        sys.stdout.write(f"{result.value:<9} {alert.alert_id}\n")
+        async def export(alert: Alert) -> None:
+            try:
+                result = await exporter.export(alert)
+            except ExportError:
+                metrics.failed("delivery_failed")
+                raise
+            metrics.handled(result.value)
+            sys.stdout.write(f"{result.value:<9} {alert.alert_id}\n")
 
-    asyncio.run(consume(subscription(args, settings), export))
+        asyncio.run(consume(subscription(args, settings), export, metrics))
     sys.stdout.write(" ".join(f"{k.value}={v}" for k, v in exporter.counts.items()) + "\n")
     return 0
 
 
-def _sink(args: argparse.Namespace, settings: Settings) -> tuple[Sink, dict[str, str]]:
+def _sink(args: argparse.Namespace, settings: Settings, metrics: SubscriberMetrics) -> tuple[Sink, dict[str, str]]:
     cfg = settings.export
     folder, endpoint = args.dir or cfg.fhir_dir, args.endpoint or cfg.fhir_endpoint
     if (folder is None) == (endpoint is None):
@@ -89,4 +118,4 @@ def _sink(args: argparse.Namespace, settings: Settings) -> tuple[Sink, dict[str,
         sink = FileSink(folder)
         return sink, sink.delivered()
     retry = RetryPolicy(max_attempts=cfg.max_attempts, backoff_s=cfg.backoff_s)
-    return HttpSink(str(endpoint), retry, cfg.timeout_s), {}
+    return HttpSink(str(endpoint), retry, cfg.timeout_s, on_failure=metrics.failed), {}

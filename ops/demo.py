@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ops.feed import Record, SignalFault, malformed_payloads, ptbxl_records, simulated_records, with_fault
+from ops.ops_view import ops_view
 from ops.outputs import OutputCollector
-from ops.stack import StackInfo, embedded_stack
+from ops.stack import StackInfo, embedded_stack, free_port
 from ops.triage_cmd import stats_lines
 from schemas.messages import Alert
 from workers.fhir import alert_bundle, to_json
@@ -124,6 +125,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, o
             wait_ready(settings, worker, timeout_s=120)
             say("worker: ready; publishing the feed")
             summary = asyncio.run(_exchange(settings, feed, cfg))
+            summary.update(ops_view(f"http://127.0.0.1:{settings.ops.metrics_port}"))  # before the worker stops
         summary.update(asyncio.run(_triage_view(settings)))
         summary.update(asyncio.run(_subscriber_view(settings)))
     print_summary(summary, say)
@@ -136,6 +138,8 @@ def _worker_env(cfg: DemoConfig, stack: StackInfo) -> dict[str, str]:
     env["ECGSCREEN_STATE_DIR"] = str(cfg.state_dir)
     env["ECGSCREEN_GROUP_ID"] = "ecgscreen-demo"
     env["ECGSCREEN_LOG_LEVEL"] = "INFO"
+    env["ECGSCREEN_METRICS_HOST"] = "127.0.0.1"
+    env["ECGSCREEN_METRICS_PORT"] = str(free_port())
     if cfg.bundle_path is not None:
         env["ECGSCREEN_BUNDLE"] = str(cfg.bundle_path)
     return env
@@ -288,6 +292,12 @@ def print_summary(s: dict[str, object], say: Callable[[str], None] = print) -> N
     say("two alerts from the alert topic (ecgscreen alerts tail):")
     for line in s.get("tailed_alerts", []) or ["(no alerts)"]:  # type: ignore[attr-defined]
         say(f"  {line}")
+    say(f"the worker's ops endpoints ({s.get('ops_url')}):")
+    for key in ("healthz", "readyz"):
+        say(f"  /{key}: {s.get(key)}")
+    say("  /metrics (excerpt):")
+    for line in s.get("metrics", []) or []:  # type: ignore[attr-defined]
+        say(f"    {line}")
     if s.get("fhir_example") is not None:
         say("the first as FHIR R4 (ecgscreen alerts export-fhir):")
         say(to_json(s["fhir_example"]).decode())  # type: ignore[arg-type]

@@ -34,6 +34,8 @@ import faust
 from schemas.codec import encode_alert, encode_deadletter, encode_verdict
 from schemas.errors import ECGScreenError
 from schemas.messages import Alert, DeadLetterReason
+from workers.kafka_auth import faust_credentials
+from workers.metrics import WorkerMetrics
 from workers.pipeline import Outcome, ProcessingError, RawMessage, Screener, classify, dead
 from workers.policy import Admission
 from workers.settings import Settings
@@ -47,10 +49,12 @@ EX_TEMPFAIL = 75
 class BatchRunner:
     """Takes one batch from faust to durable outcomes; never raises."""
 
-    def __init__(self, app: faust.App, settings: Settings, screener: Screener) -> None:
+    def __init__(self, app: faust.App, settings: Settings, screener: Screener,
+                 metrics: WorkerMetrics | None = None) -> None:
         self._app = app
         self._settings = settings
         self._screener = screener
+        self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="screen")
         self._triage: TriageStore | None = None
 
@@ -74,7 +78,10 @@ class BatchRunner:
             # record the batch as dead letters rather than lose or loop on it.
             log.exception("batch failed; dead-lettering it", extra={"batch_size": len(messages)})
             outcomes, dups = [self._failed(m) for m in messages], 0
-        await self._persist(outcomes, dups)
+        persist_started = time.perf_counter()
+        admitted = await self._persist(outcomes, dups)
+        if self._metrics is not None:
+            self._metrics.observe_batch(messages, outcomes, dups, admitted, time.perf_counter() - persist_started)
         log.info("batch done", extra={
             "batch_size": len(messages), "duplicates": dups,
             "verdicts": sum(o.kind == "verdict" for o in outcomes),
@@ -103,7 +110,7 @@ class BatchRunner:
         return dead(msg, ProcessingError("the worker failed on this batch; replay it", event_id),
                     self._screener.limits)
 
-    async def _persist(self, outcomes: Sequence[Outcome], dups: int) -> None:
+    async def _persist(self, outcomes: Sequence[Outcome], dups: int) -> list[Admitted]:
         alerts = [a for o in outcomes for a in o.alerts]
         # The policy's dedup and rate limit run here, inside the idempotent add script:
         # a replayed batch gets the same admissions back and republishes the same alerts.
@@ -114,6 +121,7 @@ class BatchRunner:
         await self._durably("record outcomes", lambda: self.triage.record_outcomes(done, ttl))
         new = sum(a.admission is Admission.ADDED and not a.replay for a in admitted)
         await self._durably("stats", lambda: self._count(dups, new))
+        return admitted
 
     async def _count(self, dups: int, new_triage: int) -> None:
         await self.triage.count("duplicates_skipped", dups)
@@ -155,11 +163,12 @@ class BatchRunner:
                 delay = min(delay * 2, 5.0)
 
 
-def create_app(settings: Settings, screener: Screener) -> faust.App:
+def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | None = None) -> faust.App:
     """The faust app with its one agent; nothing connects until the worker starts."""
     app = faust.App(
         settings.kafka.group_id,
         broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka.security),
         datadir=str(settings.state_dir / "faust"),
         web_enabled=False,
         producer_acks=-1,
@@ -175,7 +184,7 @@ def create_app(settings: Settings, screener: Screener) -> faust.App:
     )
     events = app.topic(settings.kafka.topics.events, value_type=bytes, key_type=bytes,
                        value_serializer="raw", key_serializer="raw")
-    runner = BatchRunner(app, settings, screener)
+    runner = BatchRunner(app, settings, screener, metrics)
     max_batch, within = settings.batch.max_batch, settings.batch.max_wait_s
 
     # Concurrency 1: with more, faust can commit past events still in flight.

@@ -1,4 +1,4 @@
-"""Start-up of the worker process: settings -> bundle -> engine -> screener -> faust."""
+"""Start-up of the worker process: settings -> ops server -> bundle -> engine -> screener -> faust."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ import numpy as np
 from models.bundle import load_bundle
 from models.engine import EngineOptions, make_engine
 from workers.app import create_app
+from workers.health import Health, dependency_checks, start_ops_server
 from workers.logs import configure_logging
+from workers.metrics import WorkerMetrics, attach
 from workers.pipeline import Screener
 from workers.settings import Settings
 
 log = logging.getLogger("ecgscreen.worker")
 
 
-def build_screener(settings: Settings) -> Screener:
+def build_screener(settings: Settings, metrics: WorkerMetrics | None = None) -> Screener:
     bundle = load_bundle(settings.bundle_path)
     options = EngineOptions(threads=settings.torch_threads, **settings.engine_tuning.options())  # type: ignore[arg-type]
     engine = make_engine(bundle, settings.engine, options)
@@ -31,15 +33,34 @@ def build_screener(settings: Settings) -> Screener:
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
     if not bundle.config.trained:
         log.warning("bundle is UNTRAINED: its scores and alerts mean nothing clinically")
+    if metrics is not None:
+        ref = bundle.ref
+        metrics.set_model(ref.name, ref.version, bundle.sha256, engine.name, bundle.config.trained)
     return Screener(bundle=bundle, engine=engine, policy=settings.policy)
 
 
 def run_worker(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; faust commits acked offsets on the way out."""
+    """Run until SIGTERM/SIGINT; faust commits acked offsets on the way out.
+
+    /healthz answers from the start (alive while the model loads), /readyz once the
+    model is loaded and the broker and Redis answer, until shutdown begins.
+    """
     from faust.worker import Worker
 
     configure_logging(settings.log_level)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level of its datadir
     (settings.state_dir / "worker.ready").unlink(missing_ok=True)
-    app = create_app(settings, build_screener(settings))
-    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    metrics = WorkerMetrics()
+    health = Health(stall_after_s=settings.ops.stall_after_s, model_loaded=False)
+    checks, close = dependency_checks(settings.kafka, settings.redis)
+    server = start_ops_server(settings.ops.metrics_host, settings.ops.metrics_port, metrics.registry, health,
+                              checks, close)
+    try:
+        app = create_app(settings, build_screener(settings, metrics), metrics)
+        health.model_loaded = True
+        attach(app, metrics, health, settings.kafka.topics.events)
+        worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+        worker.execute_from_commandline()
+    finally:
+        if server is not None:
+            server.stop()

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,7 +28,12 @@ from schemas.codec import DecodeError, decode_alert
 from schemas.errors import ECGScreenError
 from schemas.messages import Alert, Priority, TaskGroup
 from workers.fhir import alert_bundle, bundle_digest, fhir_id, to_json
+from workers.kafka_auth import aiokafka_auth
 from workers.policy import PRIORITY_BAND
+from workers.settings import KafkaSecurity
+
+if TYPE_CHECKING:
+    from workers.metrics import SubscriberMetrics
 
 log = logging.getLogger("ecgscreen.subscribers")
 _RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -87,25 +92,31 @@ class Subscription:
     idle_timeout_s: float | None = None  # stop after this long without a message
     filter: AlertFilter = field(default_factory=AlertFilter)
     session_timeout_s: float = 10.0  # group membership; Tansu completes a join after half of it
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
-async def consume(sub: Subscription, handle: Callable[[Alert], Awaitable[None]]) -> int:
+async def consume(sub: Subscription, handle: Callable[[Alert], Awaitable[None]],
+                  metrics: SubscriberMetrics | None = None) -> int:
     """Feed matching alerts to ``handle``; commit a group's offsets after each handled batch."""
     consumer = AIOKafkaConsumer(sub.topic, bootstrap_servers=sub.bootstrap, group_id=sub.group_id,
                                 enable_auto_commit=False,
                                 auto_offset_reset="earliest" if sub.from_beginning else "latest",
                                 session_timeout_ms=int(sub.session_timeout_s * 1000),
-                                heartbeat_interval_ms=int(min(3.0, sub.session_timeout_s / 3) * 1000))
+                                heartbeat_interval_ms=int(min(3.0, sub.session_timeout_s / 3) * 1000),
+                                **aiokafka_auth(sub.security))
     await consumer.start()
     try:
-        return await _drain(consumer, sub, handle)
+        return await _drain(consumer, sub, handle, metrics)
     finally:
         await consumer.stop()
 
 
-async def _drain(consumer: AIOKafkaConsumer, sub: Subscription, handle: Callable[[Alert], Awaitable[None]]) -> int:
+async def _drain(consumer: AIOKafkaConsumer, sub: Subscription, handle: Callable[[Alert], Awaitable[None]],
+                 metrics: SubscriberMetrics | None) -> int:
     seen, idle = 0, 0.0
     while True:
+        if metrics is not None:
+            metrics.health.tick()  # liveness: this loop turns at least every half second
         records = await consumer.getmany(timeout_ms=500)
         if not records:
             idle += 0.5
@@ -113,21 +124,25 @@ async def _drain(consumer: AIOKafkaConsumer, sub: Subscription, handle: Callable
                 return seen
             continue
         idle = 0.0
-        done, seen, stop = await _handle_batch(records, sub, handle, seen)
+        done, seen, stop = await _handle_batch(records, sub, handle, seen, metrics)
         if sub.group_id is not None and done:
             await consumer.commit(done)  # only what was handled: a stop mid-batch leaves the rest
+        if metrics is not None:
+            metrics.batch_done(consumer.highwater, done)
         if stop:
             return seen
 
 
 async def _handle_batch(records: dict[TopicPartition, list[Any]], sub: Subscription,
-                        handle: Callable[[Alert], Awaitable[None]], seen: int,
+                        handle: Callable[[Alert], Awaitable[None]], seen: int, metrics: SubscriberMetrics | None,
                         ) -> tuple[dict[TopicPartition, int], int, bool]:
     """Offsets to commit (next to read, per partition), alerts handled so far, whether to stop."""
     done: dict[TopicPartition, int] = {}
     for tp, recs in records.items():
         for rec in recs:
             alert = _decode(rec.value)
+            if alert is None and metrics is not None:
+                metrics.failed("undecodable")
             if alert is not None and sub.filter.matches(alert):
                 await handle(alert)
                 seen += 1
@@ -194,17 +209,21 @@ class HttpSink:
     """POSTs each alert's transaction Bundle to a FHIR endpoint, retrying transient failures."""
 
     def __init__(self, endpoint: str, retry: RetryPolicy = RetryPolicy(), timeout_s: float = 10.0,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.endpoint = endpoint
         self.retry = retry
         self.timeout_s = timeout_s
         self._sleep = sleep
+        self._on_failure = on_failure  # told of each failed attempt ("http_503", "unreachable")
 
     async def deliver(self, alert_id: str, body: bytes) -> None:
         for attempt in range(1, self.retry.max_attempts + 1):
             status = await asyncio.to_thread(self._post, body)
             if 200 <= status < 300:
                 return
+            if self._on_failure is not None:
+                self._on_failure(f"http_{status}" if status else "unreachable")
             if status not in _RETRYABLE_HTTP and status != 0:
                 raise ExportError(alert_id, f"the FHIR server refused the bundle (HTTP {status}); fix and replay")
             log.warning("FHIR POST failed; retrying", extra={"alert_id": alert_id, "attempt": attempt})
