@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -54,6 +55,10 @@ def register(sub: Any) -> None:
          site=True)
     acl = actions.add_parser("acl", help="the ACL SETUSER rules for the worker, reviewer and auditor users")
     acl.add_argument("--json", action="store_true")
+    acl.add_argument("--write-aclfile", type=Path, default=None, metavar="OUT",
+                     help="write a Redis aclfile (hashed passwords) from --secrets-dir instead of printing")
+    acl.add_argument("--secrets-dir", type=Path, default=Path("/run/secrets"),
+                     help="holds redis_{admin,worker,reviewer,auditor[,metrics]}_password (default /run/secrets)")
     acl.set_defaults(func=cmd_acl)
 
 
@@ -157,6 +162,12 @@ async def _stats(store: TriageStore, args: argparse.Namespace, settings: Setting
 
 def cmd_acl(args: argparse.Namespace, settings: Settings) -> int:
     prefix = settings.redis.key_prefix
+    if args.write_aclfile is not None:
+        from ops.acl_file import write_acl_file
+
+        users = write_acl_file(args.write_aclfile, prefix, args.secrets_dir)
+        print(f"wrote {args.write_aclfile}: users {', '.join(users)}")
+        return 0
     rules = {role.value: acl_rules(role, prefix) for role in Role}
     lines = [f"ACL SETUSER ecgscreen-{r} reset on >CHANGE-ME {' '.join(rs)}" for r, rs in rules.items()]
     _emit(args, rules, lines)
