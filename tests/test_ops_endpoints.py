@@ -4,13 +4,16 @@ and the worker process itself scraped after it screened a feed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.demo import FeedItem, build_feed, run_worker_process, wait_ready
@@ -240,11 +243,57 @@ def subscriber_scrape(settings: Settings) -> str:
         server.stop()
 
 
-def test_subscriber_exposes_lag_and_counts(worker_scrape: dict[str, object]) -> None:
+@pytest.fixture(scope="module")
+def subscriber_text(worker_scrape: dict[str, object]) -> str:
+    return subscriber_scrape(worker_scrape["settings"])  # type: ignore[arg-type]
+
+
+def test_subscriber_exposes_lag_and_counts(worker_scrape: dict[str, object], subscriber_text: str) -> None:
     out: OutputCollector = worker_scrape["out"]  # type: ignore[assignment]
-    series = _series(subscriber_scrape(worker_scrape["settings"]))  # type: ignore[arg-type]
+    series = _series(subscriber_text)
     handled = series['ecgscreen_subscriber_alerts_total{result="written",subscriber="export-fhir"}']
     assert handled == out.alert_messages + 3
     assert series['ecgscreen_subscriber_failures_total{reason="undecodable",subscriber="export-fhir"}'] == 1
     lags = [v for k, v in series.items() if k.startswith("ecgscreen_subscriber_lag")]
     assert lags and all(v == 0 for v in lags)
+
+
+# --- the Grafana dashboard and the alert rules query what the processes expose -------------------
+
+METRIC = re.compile(r"\b(?:ecgscreen|process)_[a-z0-9_]+\b")
+DASHBOARD = ROOT / "ops" / "deploy" / "grafana" / "dashboards" / "ecgscreen.json"
+RULES = ROOT / "ops" / "deploy" / "prometheus" / "alerts.yml"
+
+
+def _exposed(*texts: str) -> set[str]:
+    """Every sample name (and family name) in the scrapes."""
+    names = set()
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            names.add(fam.name)
+            if fam.type == "counter":  # a counter with no samples yet is still exposed as NAME_total
+                names.add(f"{fam.name}_total")
+            names.update(s.name for s in fam.samples)
+    return names
+
+
+def test_dashboard_loads_and_every_panel_metric_is_exposed(worker_scrape: dict[str, object],
+                                                          subscriber_text: str) -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert dash["uid"] == "ecgscreen" and len(panels) >= 15
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    exposed = _exposed(worker_scrape["metrics"][1], subscriber_text)  # type: ignore[index]
+    for panel in panels:
+        exprs = [t["expr"] for t in panel["targets"]]
+        names = {n for e in exprs for n in METRIC.findall(e)}
+        assert names, f"panel {panel['title']!r} queries none of our metrics"
+        assert names <= exposed, f"panel {panel['title']!r}: {sorted(names - exposed)} not in any /metrics"
+
+
+def test_alert_rules_query_exposed_metrics(worker_scrape: dict[str, object], subscriber_text: str) -> None:
+    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    exposed = _exposed(worker_scrape["metrics"][1], subscriber_text)  # type: ignore[index]
+    for rule in rules:
+        names = set(METRIC.findall(rule["expr"]))
+        assert names <= exposed, f"{rule['alert']}: {sorted(names - exposed)}"
