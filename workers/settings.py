@@ -155,10 +155,13 @@ class EngineTuning:
 
 @dataclass(frozen=True, slots=True)
 class OpsSettings:
-    """The worker's small HTTP server: /metrics, /healthz, /readyz (port 0: none)."""
+    """The worker's small HTTP server: /metrics, /healthz, /readyz (port 0: none).
 
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9400
+    Off unless a port is set: the images and docker-compose.yml set 9400; several workers
+    on one host (or in a test run) would otherwise fight over one default port."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     # A liveness probe fails when the event loop has not ticked for this long (stuck or blocked).
     stall_after_s: float = 60.0
 
@@ -338,9 +341,10 @@ def _buckets(raw: str) -> tuple[int, ...]:
 def _ops(get: _Reader) -> OpsSettings:
     d = OpsSettings()
     return OpsSettings(
-        metrics_host=get.text("METRICS_HOST", d.metrics_host, "address of /metrics, /healthz, /readyz"),
-        metrics_port=get.integer("METRICS_PORT", d.metrics_port, "port of /metrics, /healthz, /readyz (0: off)",
-                                 lo=0, hi=65535),
+        metrics_host=get.text("METRICS_HOST", d.metrics_host,
+                              "address of /metrics, /healthz, /readyz (0.0.0.0 for a scraper on another host)"),
+        metrics_port=get.integer("METRICS_PORT", d.metrics_port,
+                                 "port of /metrics, /healthz, /readyz (0: off; the images set 9400)", lo=0, hi=65535),
         stall_after_s=get.number("STALL_AFTER_S", d.stall_after_s,
                                  "/healthz fails when the event loop has not ticked for this long", lo=1, hi=3600),
     )
