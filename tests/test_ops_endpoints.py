@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,7 +182,9 @@ def worker_scrape(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) ->
         _until(lambda: _lags(fetch(f"{base}/metrics")[1]) == [0.0] * 3, timeout_s=30)
         scraped = {"metrics": fetch(f"{base}/metrics"), "healthz": fetch(f"{base}/healthz"),
                    "readyz": fetch(f"{base}/readyz")}
-    return {"feed": feed, "out": out, "settings": settings, **scraped}
+        proc.send_signal(signal.SIGTERM)  # drain: not ready from the start of shutdown until exit
+        drained = _until(lambda: "draining:" in fetch(f"{base}/readyz")[1], timeout_s=30)
+    return {"feed": feed, "out": out, "settings": settings, "drained": drained, **scraped}
 
 
 def test_worker_serves_health_and_metrics(worker_scrape: dict[str, object]) -> None:
@@ -207,6 +210,7 @@ def test_worker_serves_health_and_metrics(worker_scrape: dict[str, object]) -> N
     sha = next(iter(out.verdicts.values())).model.sha256
     assert f'model_sha256="{sha}"' in info and 'engine="torch-cpu"' in info
     assert series["ecgscreen_ready"] == 1.0
+    assert worker_scrape["drained"], "/readyz did not report draining after SIGTERM"
 
 
 async def _publish_alerts(settings: Settings, n: int) -> None:

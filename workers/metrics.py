@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC
 from typing import Any
 
+from faust.types import TP
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -75,6 +76,8 @@ class WorkerMetrics:
         self.model = Info("ecgscreen_model", "The loaded bundle and the engine that runs it", registry=r)
         self._next_offset: dict[tuple[str, int], int] = {}
         self._lag_labels: set[tuple[str, str]] = set()
+        # The consumer's last-seen high watermark of a partition (set by ``attach``): lag after each batch.
+        self.highwater: Callable[[Any], int | None] | None = None
 
     def set_model(self, name: str, version: str, sha256: str, engine: str, trained: bool) -> None:
         self.model.info({"name": name, "version": version, "model_sha256": sha256, "engine": engine,
@@ -82,13 +85,25 @@ class WorkerMetrics:
 
     def observe_batch(self, messages: Sequence[RawMessage], outcomes: Sequence[Outcome], duplicates: int,
                       admitted: Iterable[Admitted], persist_s: float) -> None:
-        """Count a batch whose outcomes are now durable."""
+        """Count a batch whose outcomes are now durable; a failure here costs figures, never the batch."""
+        try:
+            self._observe(messages, outcomes, duplicates, admitted, persist_s)
+        except Exception as exc:
+            log.error("metrics of a batch not recorded", extra={"error": type(exc).__name__})
+
+    def _observe(self, messages: Sequence[RawMessage], outcomes: Sequence[Outcome], duplicates: int,
+                 admitted: Iterable[Admitted], persist_s: float) -> None:
         now = time.time()
         self.batch_size.observe(len(messages))
         self.events.labels("duplicate").inc(duplicates)
         for m in messages:
             key = (m.topic, m.partition)
             self._next_offset[key] = max(self._next_offset.get(key, 0), m.offset + 1)
+        if self.highwater is not None:
+            for topic, partition in {(m.topic, m.partition) for m in messages}:
+                hw = self.highwater(TP(topic, partition))
+                if hw is not None:
+                    self.lag.labels(topic, str(partition)).set(max(0, hw - self._next_offset[(topic, partition)]))
         for o in outcomes:
             self._outcome(o, now)
         self._stages(outcomes, persist_s)
@@ -134,11 +149,14 @@ class WorkerMetrics:
             seen.add(labels)
         for labels in self._lag_labels - seen:  # revoked in a rebalance: another worker reports it now
             self.lag.remove(*labels)
+            self._next_offset.pop((labels[0], int(labels[1])), None)  # stale if it comes back later
         self._lag_labels = seen
 
 
 def attach(app: Any, metrics: WorkerMetrics, health: Health, events_topic: str) -> None:
     """Register the worker's ticks (liveness), the lag timer and draining on the faust app."""
+
+    metrics.highwater = lambda tp: app.consumer.highwater(tp)
 
     # faust passes the app to a timer function (its wrapper takes *args).
     @app.timer(interval=1.0)
