@@ -34,6 +34,7 @@ import faust
 from schemas.codec import encode_alert, encode_deadletter, encode_verdict
 from schemas.errors import ECGScreenError
 from schemas.messages import Alert, DeadLetterReason
+from schemas.waveform import pack_waveform
 from workers.kafka_auth import faust_credentials
 from workers.metrics import WorkerMetrics
 from workers.pipeline import Outcome, ProcessingError, RawMessage, Screener, classify, dead
@@ -112,9 +113,10 @@ class BatchRunner:
 
     async def _persist(self, outcomes: Sequence[Outcome], dups: int) -> list[Admitted]:
         alerts = [a for o in outcomes for a in o.alerts]
+        waves = alert_waveforms(outcomes)
         # The policy's dedup and rate limit run here, inside the idempotent add script:
         # a replayed batch gets the same admissions back and republishes the same alerts.
-        admitted = await self._durably("triage", lambda: self.triage.add_alerts(alerts))
+        admitted = await self._durably("triage", lambda: self.triage.add_alerts(alerts, waves))
         await self._durably("publish", lambda: self._publish(outcomes, _to_publish(admitted)))
         done = [(o.message.key, RecordedOutcome(o.message.digest, o.kind)) for o in outcomes]
         ttl = self._settings.redis.outcome_ttl_s
@@ -206,6 +208,11 @@ def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | 
         await runner.close()
 
     return app
+
+
+def alert_waveforms(outcomes: Sequence[Outcome]) -> dict[str, bytes]:
+    """The signal of each alerting event, as received, for the triage store; none for the others."""
+    return {o.alerts[0].event_id: pack_waveform(o.message.value) for o in outcomes if o.alerts}
 
 
 def _to_publish(admitted: Sequence[Admitted]) -> list[Alert]:

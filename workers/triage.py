@@ -23,6 +23,8 @@ key                          type      what                                     
 ``P:audithead:S``            string    the chain's last hash                                  both
 ``P:sites``                  set       sites with alerts                                      worker
 ``P:outcome:{event key}``    string    ``{digest}|{kind}``: the event's outcome is durable    worker
+``P:wave:{event id}``        string    an alerting event's signal as received                 worker
+                                       (:mod:`schemas.waveform`), the alert's retention
 ``P:stats``                  hash      counters (duplicates skipped, policy_added, ...)       worker
 ===========================  ========  ====================================================  ========
 
@@ -35,7 +37,7 @@ Worker and reviewers write disjoint keys where it matters: only reviewers write
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -49,6 +51,7 @@ from schemas.codec import decode_alert, encode_alert
 from schemas.errors import ECGScreenError
 from schemas.messages import Alert, Priority
 from workers import triage_lua as lua
+from workers import triage_wave
 from workers.policy import PRIORITY_BAND, Admission, PolicyConfig, dedup_time_ms, episode_key
 from workers.settings import RedisSettings
 from workers.triage_audit import AuditEntry, ChainCheck, entry_from_fields, verify_chain
@@ -153,7 +156,8 @@ class TriageStore:
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(src) for name, src in (
                 ("add", lua.ADD_ALERT), ("claim", lua.CLAIM), ("resolve", lua.RESOLVE),
-                ("reassign", lua.REASSIGN), ("snooze", lua.SNOOZE), ("reap", lua.REAP), ("sha256", lua.SHA256))}
+                ("reassign", lua.REASSIGN), ("snooze", lua.SNOOZE), ("reap", lua.REAP), ("sha256", lua.SHA256),
+                ("wave", triage_wave.STORE_WAVEFORM))}
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ecg", actor: str = "worker", policy: PolicyConfig | None = None,
@@ -177,15 +181,25 @@ class TriageStore:
 
     # --- the worker: add alerts, record outcomes -------------------------------------------
 
-    async def add_alerts(self, alerts: Sequence[Alert]) -> list[Admitted]:
-        """Admit each alert atomically (dedup, rate limit, idempotency); replays change nothing."""
+    async def add_alerts(self, alerts: Sequence[Alert], waveforms: Mapping[str, bytes] | None = None,
+                         ) -> list[Admitted]:
+        """Admit each alert atomically (dedup, rate limit, idempotency); replays change nothing.
+
+        ``waveforms`` maps event ids to their :func:`schemas.waveform.pack_waveform` blob; each is
+        stored in the same pipeline, after its event's alerts, with their retention.
+        """
         if not alerts:
             return []
         async with self._r.pipeline(transaction=False) as pipe:
             for alert in alerts:
                 await self._scripts["add"](keys=[], args=self._add_args(alert), client=pipe)
+            for event_id, blob in (waveforms or {}).items():
+                ids = [a.alert_id for a in alerts if a.event_id == event_id]
+                if ids:
+                    await self._scripts["wave"](keys=[], args=[self._p, event_id, blob, *ids], client=pipe)
             results = await self._guard("add alerts", pipe.execute())
-        return [_admitted(a.alert_id, [_text(x) for x in r]) for a, r in zip(alerts, results, strict=True)]
+        added = results[:len(alerts)]
+        return [_admitted(a.alert_id, [_text(x) for x in r]) for a, r in zip(alerts, added, strict=True)]
 
     def _add_args(self, alert: Alert) -> list[Any]:
         band = PRIORITY_BAND[alert.priority]
@@ -316,6 +330,11 @@ class TriageStore:
                 pipe.hgetall(self._k("state", alert_id))
             raw = await pipe.execute()
         return [_item(alert_id, _texts(raw[2 * n]), _texts(raw[2 * n + 1])) for n, alert_id in enumerate(ids)]
+
+    async def waveform(self, event_id: str) -> bytes | None:
+        """The stored signal of an alerting event (``schemas.waveform``), or None."""
+        raw = await self._r.get(self._k("wave", event_id))
+        return raw if raw is None or isinstance(raw, bytes) else raw.encode()
 
     async def stats_rows(self, site: str | None = None) -> list[AlertRow]:
         """Every alert raised (at ``site``, or everywhere), as stats rows."""

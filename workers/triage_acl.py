@@ -1,11 +1,12 @@
 """Redis ACL users for the triage queue: who may write which keys.
 
-- worker: adds alerts (and its outcome, idempotency, dedup and rate keys); reads
+- worker: adds alerts (and its outcome, idempotency, dedup and rate keys, and the
+  waveform of each alerting event); reads
   review state only to see whether an episode's alert was resolved. It cannot
   write ``state`` or ``claimed`` keys and has no ZREM, so it can neither resolve,
   claim nor drop an alert.
 - reviewer: claims, resolves, reassigns, snoozes (``state``, the site queues and
-  the audit chain); reads alerts but cannot write them.
+  the audit chain); reads alerts and their waveforms but cannot write them.
 - auditor: reads everything, runs no scripts, writes nothing.
 
 Scripts run with the caller's permissions, so these rules bind inside Lua too.
@@ -33,9 +34,9 @@ _SCRIPTS = ("+eval", "+evalsha", "+script|load", "+script|exists", "+time")
 _WORKER_WRITES = ("+hset", "+hincrby", "+zadd", "+zremrangebyscore", "+sadd", "+xadd", "+set")
 _REVIEWER_WRITES = ("+hset", "+hsetnx", "+hdel", "+zadd", "+zrem", "+zremrangebyscore", "+xadd", "+set")
 _WORKER_KEYS = ("alert:*", "idem:*", "open:*", "worklist:*", "held:*", "rate:*", "alerts:*", "audit:*",
-                "audithead:*", "sites", "outcome:*", "stats")
+                "audithead:*", "sites", "outcome:*", "stats", "wave:*")
 _REVIEWER_KEYS = ("state:*", "worklist:*", "held:*", "claimed:*", "snoozed:*", "rate:*", "audit:*", "audithead:*")
-_REVIEWER_READS = ("alert:*", "idem:*", "alerts:*", "sites", "stats", "open:*")
+_REVIEWER_READS = ("alert:*", "idem:*", "alerts:*", "sites", "stats", "open:*", "wave:*")
 
 
 def acl_rules(role: Role, prefix: str) -> list[str]:
