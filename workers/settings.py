@@ -130,6 +130,21 @@ class IntakeSettings:
     done: str = "move"
 
 
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """`ecgscreen web`: behind an authenticating reverse proxy, as the Redis reviewer user."""
+
+    # The header the proxy sets to the signed-in user (e.g. X-Remote-User); the proxy must strip
+    # any copy a client sends. Unset: the app refuses to start unless --insecure-dev.
+    user_header: str | None = None
+    redis_username: str = "ecgscreen-reviewer"
+    redis_password: str | None = field(default=None, repr=False)
+    # Key of the CSRF tokens; set it when several instances serve one site (default: random per process).
+    secret: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
 # The committed trained demo bundle (PTB-XL, issue #5; see its MODEL_CARD.md). Relative to the
 # working directory (the repository root, or /app in the image), as the previous default was.
 DEFAULT_BUNDLE = Path("models/bundles/ecgclip-r18-ptbxl-100hz")
@@ -187,6 +202,7 @@ class Settings:
     triage: TriageSettings = field(default_factory=TriageSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     intake: IntakeSettings = field(default_factory=IntakeSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     bundle_path: Path = DEFAULT_BUNDLE
     engine: str = "auto"
     engine_tuning: EngineTuning = field(default_factory=EngineTuning)
@@ -225,6 +241,7 @@ def _load(get: _Reader) -> Settings:
         triage=_triage(get),
         export=_export(get),
         intake=_intake(get),
+        web=_web(get),
         bundle_path=Path(get.text("BUNDLE", str(DEFAULT_BUNDLE), "model bundle folder (weights, config, SHA-256)")),
         engine=get.text("ENGINE", ds.engine, "inference engine: auto, torch-cpu, torch-cpu-bf16, "
                         "torch-cpu-compile, torch-cuda or tensorrt (auto: tensorrt, else torch-cuda, else torch-cpu)"),
@@ -401,6 +418,19 @@ def _secrets(raw: str) -> dict[str, bytes]:
     if not isinstance(data, dict) or not all(isinstance(v, str) and len(v) >= 16 for v in data.values()):
         raise ConfigError(f"{ENV_PREFIX}INTAKE_SECRETS must be a JSON object of site -> secret of 16+ characters")
     return {site: secret.encode() for site, secret in data.items()}
+
+
+def _web(get: _Reader) -> WebSettings:
+    d = WebSettings()
+    return WebSettings(
+        user_header=get.text("WEB_USER_HEADER", "", "`ecgscreen web`: header the authenticating proxy sets to the "
+                             "signed-in user (required unless --insecure-dev)") or None,
+        redis_username=get.text("WEB_REDIS_USERNAME", d.redis_username, "`ecgscreen web`: Redis reviewer user"),
+        redis_password=get.secret("WEB_REDIS_PASSWORD", "`ecgscreen web`: Redis reviewer password"),
+        secret=get.secret("WEB_SECRET", "`ecgscreen web`: key of the CSRF tokens (random per process when unset)"),
+        host=get.text("WEB_HOST", d.host, "`ecgscreen web`: listen address"),
+        port=get.integer("WEB_PORT", d.port, "`ecgscreen web`: port", lo=1, hi=65535),
+    )
 
 
 _SITE_KEYS = frozenset({"prevalence", "thresholds", "disabled_tasks", "max_alerts_per_hour", "dedup_window_s",

@@ -1,0 +1,119 @@
+"""Access rules of `ecgscreen web` against a real Redis: trusted header, CSRF, CSP, no patient data in URLs or logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason="the web extra is not installed (pip install -e '.[web]')")
+pytest.importorskip("httpx", reason="starlette's TestClient needs httpx (dev extra)")
+
+from starlette.testclient import TestClient
+
+from ops.web.cmd import build_app
+from ops.web.security import csrf_ok, csrf_token
+from schemas.errors import ConfigError
+from tests.triage_factory import new_prefix
+from tests.web_support import SITE, USER_HEADER, fill, store_as, web_settings
+from workers.triage_acl import Role
+from workers.triage_stats import Status
+
+AS_LEE = {USER_HEADER: "dr.lee"}
+
+
+@pytest.fixture(scope="module")
+def served(redis_url: str) -> Iterator[tuple[TestClient, str, Any]]:
+    prefix = new_prefix()
+    names, _ = fill(redis_url, prefix)
+    with TestClient(build_app(web_settings(redis_url, prefix, names)), base_url="http://ecg.test") as client:
+        yield client, prefix, names
+
+
+def _state(redis_url: str, prefix: str, names: Any, alert_id: str) -> Status:
+    async def go() -> Status:
+        s = store_as(redis_url, prefix, names)
+        try:
+            return (await s.get(alert_id)).status
+        finally:
+            await s.close()
+
+    return asyncio.run(go())
+
+
+def test_without_the_trusted_header_every_page_is_refused(served: tuple[TestClient, str, Any]) -> None:
+    client, _, _ = served
+    for path in ("/worklist", "/alerts/al_0001", "/stats", "/static/app.js"):
+        assert client.get(path).status_code == 401, path
+    assert client.get("/worklist", headers={USER_HEADER: "bad user!"}).status_code == 401
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/worklist", headers=AS_LEE).status_code == 200
+
+
+def test_strict_headers_and_no_inline_script(served: tuple[TestClient, str, Any]) -> None:
+    client, _, _ = served
+    r = client.get("/alerts/al_0001", headers=AS_LEE)
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe" not in csp
+    assert r.headers["cache-control"] == "no-store" and r.headers["x-frame-options"] == "DENY"
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", r.text, re.S)
+    assert scripts and all('src="/static/' in attrs and not body.strip() for attrs, body in scripts)
+    assert " style=" not in r.text and "<style" not in r.text  # style-src 'self' would block them
+    assert "http://" not in r.text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing from elsewhere
+
+
+def test_post_without_a_valid_csrf_token_is_refused(redis_url: str, served: tuple[TestClient, str, Any]) -> None:
+    client, prefix, names = served
+    url = "/alerts/al_0004/claim"
+    assert client.post(url, headers=AS_LEE, data={}).status_code == 403
+    other = csrf_token(b"another key", "dr.lee")
+    assert client.post(url, headers=AS_LEE, data={"csrf": other}).status_code == 403
+    page = client.get("/alerts/al_0004", headers=AS_LEE).text
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    as_kim = {USER_HEADER: "nurse.kim"}
+    assert client.post(url, headers=as_kim, data={"csrf": token}).status_code == 403  # bound to its user
+    evil = {**AS_LEE, "origin": "https://evil.example"}
+    assert client.post(url, headers=evil, data={"csrf": token}).status_code == 403
+    assert _state(redis_url, prefix, names, "al_0004") is Status.OPEN
+    ok = client.post(url, headers=AS_LEE, data={"csrf": token}, follow_redirects=False)
+    assert ok.status_code == 303 and ok.headers["location"] == "/alerts/al_0004?m=claimed"
+    assert _state(redis_url, prefix, names, "al_0004") is Status.CLAIMED
+
+
+def test_no_patient_reference_in_urls_or_logs(served: tuple[TestClient, str, Any],
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    client, _, _ = served
+    with caplog.at_level(logging.INFO, logger="ecgscreen.web"):
+        pages = [client.get(p, headers=AS_LEE).text for p in
+                 (f"/worklist?site={SITE}", "/alerts/al_0001", "/alerts/al_0002", "/stats")]
+    assert "pat-ALPHA-1" in pages[0] and "pat-ALPHA-1" in pages[1]  # shown on the page...
+    urls = [u for page in pages for u in re.findall(r'(?:href|action|src)="([^"]*)"', page)]
+    assert urls and not [u for u in urls if "pat-" in u]  # ...never in a URL
+    lines = [r.getMessage() + " " + str(getattr(r, "what", "")) for r in caplog.records]
+    assert any("GET /alerts/{alert_id} 200" in line for line in lines)
+    assert not [line for line in lines if "pat-" in line or "site=" in line or "al_0001" in line]
+
+
+def test_csrf_tokens_expire() -> None:
+    token = csrf_token(b"k", "dr.lee", now=1_000_000)
+    assert csrf_ok(b"k", "dr.lee", token, now=1_000_100)
+    assert not csrf_ok(b"k", "dr.lee", token, now=1_000_000 + 13 * 3600)
+    assert not csrf_ok(b"k", "dr.lee", token[:-1] + "0", now=1_000_100) or token.endswith("0")
+
+
+def test_refuses_to_start_without_header_or_reviewer_credentials(redis_url: str) -> None:
+    names = {r: r.value for r in Role}
+    settings = web_settings(redis_url, "x", names, ECGSCREEN_WEB_USER_HEADER="")
+    with pytest.raises(ConfigError, match="USER_HEADER"):
+        build_app(settings)
+    with pytest.raises(ConfigError, match="reviewer"):
+        build_app(web_settings(redis_url, "x", names, ECGSCREEN_WEB_REDIS_PASSWORD=""))
+    # A local trial: user 'dev' without the header, Redis as ECGSCREEN_REDIS_* say.
+    app = build_app(web_settings(redis_url, "x", names, ECGSCREEN_WEB_USER_HEADER="", ECGSCREEN_WEB_REDIS_PASSWORD=""),
+                    insecure_dev=True)
+    with TestClient(app) as client:
+        assert client.get("/worklist").status_code == 200
