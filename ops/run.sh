@@ -13,13 +13,27 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: this pin is a CPU build served locally; an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
+# Installed only when missing, and only where we may (root with apt-get); otherwise those tests skip, saying why.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium for the browser tests (apt-get)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "chromium could not be installed; the browser tests will skip" >&2
+  else
+    echo "chromium is missing and this is not root with apt-get; the browser tests will skip" >&2
+  fi
+}
+
 case "$what" in
   demo)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,intake]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,web]"
     exec .venv/bin/ecgscreen demo "$@"
     ;;
   test)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,intake,dev]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,web,dev]"
+    ensure_chromium
     .venv/bin/ruff check .
     .venv/bin/mypy schemas models workers ops
     exec .venv/bin/python -m pytest -q "$@"
