@@ -87,7 +87,18 @@ def shoot(base: str, out: Path, alert_id: str, site: str) -> list[Path]:
         page.goto(f"{base}/stats")
         page.screenshot(path=str(paths[2]), full_page=True)
         browser.close()
+    for path in paths:
+        shrink(path)
     return paths
+
+
+def shrink(path: Path, colours: int = 96) -> None:
+    """A palette PNG: pages are a few flat colours, so the README's images stay small."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        small = img.convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
