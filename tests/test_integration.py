@@ -19,6 +19,7 @@ from ops.demo import FeedItem, build_feed, ensure_bundle, run_worker_process, wa
 from ops.feed import simulated_records
 from ops.outputs import OutputCollector
 from ops.stack import StackInfo
+from schemas.waveform import pack_waveform
 from workers.settings import Settings, load_settings
 from workers.triage import TriageStore
 
@@ -149,3 +150,21 @@ def test_verdicts_say_the_model_is_untrained(run_result) -> None:  # type: ignor
     _, out = run_result
     assert out.verdicts and all(not v.model.trained for v in out.verdicts.values())
     assert all("untrained_model" in a.flags for a in out.alerts.values())
+
+
+async def _waves(settings: Settings, event_ids: list[str]) -> dict[str, bytes | None]:
+    store = TriageStore.from_url(settings.redis.url, settings.redis.key_prefix)
+    try:
+        return {e: await store.waveform(e) for e in event_ids}
+    finally:
+        await store.close()
+
+
+def test_alerting_events_keep_their_signal_as_received(run_result, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    feed, out = run_result
+    payloads = {i.key: i.payload for i in feed.items}
+    alerting = {k for k, v in out.verdicts.items() if v.alert_ids}
+    stored = asyncio.run(_waves(settings, sorted(out.verdicts)))
+    assert alerting and alerting != set(out.verdicts)
+    assert {k for k, blob in stored.items() if blob is not None} == alerting  # none for the others
+    assert all(stored[k] == pack_waveform(payloads[k]) for k in alerting)
