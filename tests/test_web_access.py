@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,3 +118,57 @@ def test_refuses_to_start_without_header_or_reviewer_credentials(redis_url: str)
                     insecure_dev=True)
     with TestClient(app) as client:
         assert client.get("/worklist").status_code == 200
+
+
+def _token(client: TestClient, alert_id: str, headers: dict[str, str]) -> str:
+    page = client.get(f"/alerts/{alert_id}", headers=headers).text
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+
+
+def test_reassign_snooze_and_a_lost_lease(redis_url: str, served: tuple[TestClient, str, Any]) -> None:
+    client, prefix, names = served
+    as_kim = {USER_HEADER: "nurse.kim"}
+    token = _token(client, "al_0003", as_kim)
+
+    async def short_claim() -> None:
+        s = store_as(redis_url, prefix, names, Role.REVIEWER)
+        try:
+            await s.claim("nurse.kim", "al_0003", lease_s=0.2)
+        finally:
+            await s.close()
+
+    asyncio.run(short_claim())
+    time.sleep(0.4)
+    page = client.get("/alerts/al_0003", headers=as_kim).text  # the view reaps the expired lease first
+    assert "lease lost" in page
+    r = client.post("/alerts/al_0003/reassign", headers=as_kim, data={"csrf": token, "to": "dr.lee"},
+                    follow_redirects=False)
+    assert r.headers["location"] == "/alerts/al_0003?m=reassigned"
+    assert "claimed by you" in client.get("/alerts/al_0003", headers=AS_LEE).text
+    # nurse.kim no longer holds it: her snooze is refused and the page says why.
+    r = client.post("/alerts/al_0003/snooze", headers=as_kim, data={"csrf": token, "minutes": "30"})
+    assert "Your lease was lost" in r.text
+    r = client.post("/alerts/al_0003/snooze", headers=AS_LEE, data={"csrf": _token(client, "al_0003", AS_LEE),
+                                                                    "minutes": "30"})
+    assert "Snoozed." in r.text and _state(redis_url, prefix, names, "al_0003") is Status.SNOOZED
+
+    async def trail() -> list[tuple[str, str]]:
+        s = store_as(redis_url, prefix, names)
+        try:
+            return [(e.action, e.actor) for e in await s.audit(SITE) if e.alert_id == "al_0003"]
+        finally:
+            await s.close()
+
+    assert asyncio.run(trail())[-4:] == [("claimed", "nurse.kim"), ("lease_expired", "system"),
+                                          ("reassigned", "nurse.kim"), ("snoozed", "dr.lee")]
+
+
+def test_stats_page_shows_observed_against_expected(served: tuple[TestClient, str, Any]) -> None:
+    client, _, _ = served
+    token = _token(client, "al_0002", AS_LEE)
+    client.post("/alerts/al_0002/claim", headers=AS_LEE, data={"csrf": token})
+    client.post("/alerts/al_0002/resolve", headers=AS_LEE, data={"csrf": token, "outcome": "false_positive"})
+    page = client.get("/stats", headers=AS_LEE).text
+    row = re.search(r"<tr><td>site-web</td><td>echo.lvef_lt_40</td>.*?</tr>", page, re.S)
+    assert row and "0.00 [0.00, 0.79]" in row.group(0) and "0.31" in row.group(0)  # Wilson for 0 of 1
+    assert 'class="ppv-chart"' in page and 'class="observed"' in page and 'class="expected"' in page
