@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=Path("docs"))
     ap.add_argument("--records", type=int, default=365)
+    ap.add_argument("--serve", type=int, metavar="PORT", default=0,
+                    help="then serve the pages on 127.0.0.1:PORT for a person to browse, until Ctrl-C (user 'dev')")
     args = ap.parse_args(argv)
     outcomes = screen_records(args.data_dir, args.records)
     alerting = [o for o in outcomes if o.alerts]
@@ -122,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with serving(build_app(load_settings(env))) as base:
                 for path in shoot(base, args.out, best.alert_id, best.site):
                     print(path)
+            if args.serve:
+                import uvicorn
+
+                print(f"browse http://127.0.0.1:{args.serve}/worklist (Ctrl-C stops)")
+                uvicorn.run(build_app(load_settings(env), insecure_dev=True), host="127.0.0.1", port=args.serve,
+                            access_log=False, log_level="warning")
         finally:
             _terminate(proc.pid)
             proc.wait(timeout=10)
