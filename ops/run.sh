@@ -28,11 +28,11 @@ ensure_chromium() {
 
 case "$what" in
   demo)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,web]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,intake,web]"
     exec .venv/bin/ecgscreen demo "$@"
     ;;
   test)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,web,dev]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,intake,web,dev]"
     ensure_chromium
     .venv/bin/ruff check .
     .venv/bin/mypy schemas models workers ops
