@@ -426,8 +426,9 @@ def _web(get: _Reader) -> WebSettings:
         user_header=get.text("WEB_USER_HEADER", "", "`ecgscreen web`: header the authenticating proxy sets to the "
                              "signed-in user (required unless --insecure-dev)") or None,
         redis_username=get.text("WEB_REDIS_USERNAME", d.redis_username, "`ecgscreen web`: Redis reviewer user"),
-        redis_password=get.secret("WEB_REDIS_PASSWORD", "`ecgscreen web`: Redis reviewer password"),
-        secret=get.secret("WEB_SECRET", "`ecgscreen web`: key of the CSRF tokens (random per process when unset)"),
+        redis_password=get.secret("WEB_REDIS_PASSWORD",
+                                  "Redis password of the reviewer user `ecgscreen web` connects as"),
+        secret=get.secret("WEB_SECRET", "key of `ecgscreen web`'s CSRF tokens (unset: random per process)"),
         host=get.text("WEB_HOST", d.host, "`ecgscreen web`: listen address"),
         port=get.integer("WEB_PORT", d.port, "`ecgscreen web`: port", lo=1, hi=65535),
     )
