@@ -1,8 +1,12 @@
 """Why an alert fired: a cheap attribution over the model input, summarised as leads and time windows.
 
-Computed only for records that raise an alert (one backward pass each for gradient x input,
-``steps`` batched passes for integrated gradients), always with the eager float32 model: a
-TensorRT program or CUDA graph has no backward pass, and half precision gradients are noisy.
+Computed only for records that raise an alert, always with the eager float32 model on the
+engine's device (a CUDA engine's eager twin sits beside its graphs or TensorRT program, which
+have no backward pass; half precision gradients are noisy). ``explain_many`` takes every
+(record, task) pair of a batch in ONE forward and backward pass: with BatchNorm in eval mode
+records do not interact, so each input's gradient is exactly its own pair's, and the cost is
+one batched pass instead of one pass per alert (integrated gradients: ``steps`` copies of the
+batch in that one pass).
 
 Summary: attribution magnitude |a(l, t)| (direction is not shown to the reader: a clinician
 looks at where, not at the sign), as shares of its total. ``top_leads`` are the leads with
@@ -15,6 +19,7 @@ exactly zero: an explanation never points at a lead the model did not see.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,6 +84,26 @@ def attribution(model: nn.Module, x: npt.ArrayLike, task_index: int, config: Exp
     return (grad.mean(0) * x0).detach().float().cpu().numpy()
 
 
+def attribution_many(model: nn.Module, x: npt.ArrayLike, task_indices: Sequence[int],
+                     config: ExplainConfig = ExplainConfig()) -> npt.NDArray[np.float32]:
+    """(K, L, N) attributions of pair k = (record x[k], task task_indices[k]) in one backward pass."""
+    param = next(model.parameters())
+    x0 = torch.as_tensor(np.asarray(x, dtype=np.float32), device=param.device)
+    k = x0.shape[0]
+    tasks = torch.as_tensor(list(task_indices), dtype=torch.long, device=param.device)
+    if config.method == "gradient_x_input":
+        alphas = torch.ones(1, device=param.device)
+    else:  # integrated gradients, midpoint Riemann sum along the straight path from zero
+        alphas = (torch.arange(config.steps, device=param.device) + 0.5) / config.steps
+    s = alphas.shape[0]
+    with torch.inference_mode(False), torch.enable_grad():
+        path = (alphas[:, None, None, None] * x0[None]).reshape(s * k, *x0.shape[1:]).requires_grad_(True)
+        logits = model(path).reshape(s, k, -1)
+        picked = logits.gather(2, tasks[None, :, None].expand(s, k, 1)).sum()
+        (grad,) = torch.autograd.grad(picked, path)
+    return (grad.reshape(s, k, *x0.shape[1:]).mean(0) * x0).detach().float().cpu().numpy()
+
+
 def summarise(attr: npt.ArrayLike, leads: tuple[str, ...], fs: float, config: ExplainConfig = ExplainConfig(),
               ) -> Explanation:
     """Top leads and top (lead, window) cells by share of the total |attribution|."""
@@ -115,3 +140,20 @@ def explain(source: Bundle | object, x_record: npt.ArrayLike, task_index: int,
         raise IndexError(f"task index {task_index} outside the bundle's {len(bundle.config.tasks)} tasks")
     attr = attribution(_eager_model(source), x, task_index, config)
     return summarise(attr, spec.leads, spec.sampling_rate_hz, config)
+
+
+def explain_many(source: Bundle | object, x_records: npt.ArrayLike, task_indices: Sequence[int],
+                 config: ExplainConfig = ExplainConfig()) -> list[Explanation]:
+    """One explanation per (record x_records[k], task task_indices[k]) pair, all in one backward pass."""
+    bundle = _bundle(source)
+    spec = bundle.config.input
+    x = np.asarray(x_records, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1:] != (len(spec.leads), spec.n_samples) or len(x) != len(task_indices):
+        raise ValueError(f"expected (K, {len(spec.leads)}, {spec.n_samples}) records, one per task index, "
+                         f"got {x.shape} for {len(task_indices)} tasks")
+    if any(not 0 <= t < len(bundle.config.tasks) for t in task_indices):
+        raise IndexError(f"task index outside the bundle's {len(bundle.config.tasks)} tasks")
+    if len(x) == 0:
+        return []
+    attr = attribution_many(_eager_model(source), x, task_indices, config)
+    return [summarise(a, spec.leads, spec.sampling_rate_hz, config) for a in attr]

@@ -139,7 +139,18 @@ def zscore(x: F64) -> F64:
 def pad_end(x: F64, n: int) -> F64:
     if x.shape[-1] >= n:
         return x
-    return np.pad(x, ((0, 0), (0, n - x.shape[-1])))
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+
+
+def transform(x: F64, fs: float, spec: InputSpec) -> F64:
+    """Steps 2-6 on lead-selected records (..., L, N) sharing ``fs`` and N: every call is vectorised
+    along the leading axes, so one call serves a whole group of a batch."""
+    x = resample(x, fs, spec.sampling_rate_hz)
+    x = center_crop(bandpass(x, spec), spec.n_samples)
+    x = np.clip(x, -spec.clip_mv, spec.clip_mv)
+    if spec.normalisation == "per_lead_zscore":
+        x = zscore(x)
+    return pad_end(x, spec.n_samples)
 
 
 def prepare_record(
@@ -150,21 +161,46 @@ def prepare_record(
     masked_leads: Collection[str] = (),
 ) -> tuple[F32, tuple[str, ...]]:
     """(L, N) mV at ``fs`` -> ((len(spec.leads), spec.n_samples) float32, spec leads missing or masked)."""
-    x = _validated(signal_mv, fs, leads)
-    x, absent = select_leads(x, leads, spec.leads, masked_leads)
-    x = resample(x, fs, spec.sampling_rate_hz)
-    x = center_crop(bandpass(x, spec), spec.n_samples)
-    x = np.clip(x, -spec.clip_mv, spec.clip_mv)
-    if spec.normalisation == "per_lead_zscore":
-        x = zscore(x)
-    x = pad_end(x, spec.n_samples)
-    x[[spec.leads.index(name) for name in absent]] = 0.0
-    return x.astype(np.float32), absent
+    out, results = prepare_many([(signal_mv, fs, leads, masked_leads)], spec)
+    if isinstance(results[0], PreprocessError):
+        raise results[0]
+    return out[0], results[0]
+
+
+def prepare_many(records: Sequence[RawRecord], spec: InputSpec, out: F32 | None = None,
+                 ) -> tuple[F32, list[tuple[str, ...] | PreprocessError]]:
+    """Many records at once: lead selection per record (cheap indexing), then ``transform`` once per
+    group of equal rate and length. Writes ((B, L, N) float32) into ``out`` when given (e.g. shared
+    memory); per record, the spec leads missing or masked, or the PreprocessError that refused it
+    (its row stays zero). One bad record never costs the others."""
+    n_leads = len(spec.leads)
+    if out is None:
+        out = np.zeros((len(records), n_leads, spec.n_samples), dtype=np.float32)
+    results: list[tuple[str, ...] | PreprocessError] = []
+    selected: dict[int, F64] = {}
+    absent_of: dict[int, tuple[str, ...]] = {}
+    groups: dict[tuple[float, int], list[int]] = {}
+    for i, (signal_mv, fs, leads, masked) in enumerate(records):
+        try:
+            x, absent = select_leads(_validated(signal_mv, fs, leads), leads, spec.leads, masked)
+        except PreprocessError as err:
+            out[i] = 0.0
+            results.append(err)
+            continue
+        selected[i], absent_of[i] = x, absent
+        results.append(absent)
+        groups.setdefault((float(fs), x.shape[1]), []).append(i)
+    for (fs, _), idx in groups.items():
+        out[idx] = transform(np.stack([selected[i] for i in idx]), fs, spec)
+        for i in idx:
+            out[i, [spec.leads.index(name) for name in absent_of[i]]] = 0.0
+    return out, results
 
 
 def prepare_batch(records: Sequence[RawRecord], spec: InputSpec) -> tuple[F32, list[tuple[str, ...]]]:
-    """``prepare_record`` over (signal, fs, leads, masked) tuples -> ((B, L, N) float32, absent names)."""
-    prepared = [prepare_record(sig, fs, leads, spec, masked) for sig, fs, leads, masked in records]
-    if not prepared:
-        return np.zeros((0, len(spec.leads), spec.n_samples), dtype=np.float32), []
-    return np.stack([p[0] for p in prepared]), [p[1] for p in prepared]
+    """``prepare_many`` that refuses the whole batch on the first bad record."""
+    x, results = prepare_many(records, spec)
+    for r in results:
+        if isinstance(r, PreprocessError):
+            raise r
+    return x, [r for r in results if not isinstance(r, PreprocessError)]

@@ -13,7 +13,7 @@ import workers.pipeline as pipeline
 from models.bundle import Bundle, init_untrained_bundle
 from models.config import STANDARD_LEADS
 from models.engine import make_engine
-from models.explain import ExplainConfig, attribution, explain, summarise
+from models.explain import ExplainConfig, attribution, attribution_many, explain, explain_many, summarise
 from ops.feed import simulated_records
 from schemas.codec import decode_alert, encode_alert
 from workers.pipeline import RawMessage, Screener
@@ -102,20 +102,33 @@ def payloads() -> list[bytes]:
     return [r.encode() for r in simulated_records(2, fs=500.0, seed=4, bases=1)]
 
 
+def test_one_backward_pass_explains_each_pair_as_alone(bundle: Bundle) -> None:
+    """Batched attribution (eval BatchNorm: records do not interact) equals one pass per pair."""
+    x = np.stack([burst("V2", 2.0, 3.0, 1), burst("II", 5.0, 6.0, 2), burst("V2", 2.0, 3.0, 1)])
+    tasks = [0, 3, 5]
+    for cfg in (ExplainConfig(), ExplainConfig(method="integrated_gradients", steps=4)):
+        alone = np.stack([attribution(bundle.model, x[k], tasks[k], cfg) for k in range(3)])
+        together = attribution_many(bundle.model, x, tasks, cfg)
+        np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-6 * float(np.abs(alone).max()))
+    assert explain_many(bundle, x, tasks) == [explain(bundle, x[k], tasks[k]) for k in range(3)]
+    assert explain_many(bundle, x[:0], []) == []
+
+
 def test_alerts_carry_explanations(tmp_path: Path, payloads: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    real = pipeline.explain
+    calls: list[list[int]] = []
+    real = pipeline.explain_many
 
-    def counting(source: Any, x: np.ndarray, task_index: int) -> Any:
-        calls.append(task_index)
-        return real(source, x, task_index)
+    def counting(source: Any, x: np.ndarray, task_indices: list[int]) -> Any:
+        calls.append(list(task_indices))
+        return real(source, x, task_indices)
 
-    monkeypatch.setattr(pipeline, "explain", counting)
+    monkeypatch.setattr(pipeline, "explain_many", counting)
     s = screener_with_bias(tmp_path, 8.0)
     outcomes = s.screen([RawMessage.of(p, "ecg.events", 0, i) for i, p in enumerate(payloads)])
     alerts = [a for o in outcomes for a in o.alerts]
     assert alerts, "a +8 bias must make the alerting tasks fire"
-    assert len(calls) == len(alerts)  # once per (record, task), for alerting records only
+    # One batched call for the whole batch, one pair per (record, task), alerting records only.
+    assert len(calls) == 1 and len(calls[0]) == len(alerts)
     for a in alerts:
         assert a.explanation is not None and a.explanation.method == "gradient_x_input"
         assert set(a.explanation.top_leads) <= set(STANDARD_LEADS) and a.explanation.windows
@@ -130,7 +143,7 @@ def test_explanation_failure_never_sinks_the_verdict(tmp_path: Path, payloads: l
     def broken(*_: Any) -> Any:
         raise RuntimeError("backward failed")
 
-    monkeypatch.setattr(pipeline, "explain", broken)
+    monkeypatch.setattr(pipeline, "explain_many", broken)
     (o,) = screener_with_bias(tmp_path, 8.0).screen([RawMessage.of(payloads[0], "ecg.events", 0, 0)])
     assert o.verdict is not None and o.alerts and all(a.explanation is None for a in o.alerts)
     assert set(o.verdict.alert_ids) == {a.alert_id for a in o.alerts}

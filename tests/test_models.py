@@ -35,7 +35,7 @@ from models.config import (
 )
 from models.ecgclip import ECGCLIPSignalModel
 from models.engine import EngineError, make_engine
-from models.preprocess import PreprocessError, prepare_batch, prepare_record
+from models.preprocess import PreprocessError, prepare_batch, prepare_many, prepare_record
 from models.resnet import ResNet1d
 from schemas.messages import ModelRef, TaskGroup
 
@@ -363,6 +363,24 @@ def test_prepare_batch_shapes() -> None:
     rec = (limb_12_lead(500.0, 10.0)[:8], 500.0, STANDARD_LEADS[:8], ())
     x, absent = prepare_batch([rec, rec], SPEC_100)
     assert x.shape == (2, 12, 1000) and absent == [("V3", "V4", "V5", "V6")] * 2
+
+
+@pytest.mark.parametrize("spec", [SPEC_100, InputSpec(sampling_rate_hz=100.0, n_samples=1000,
+                                                        normalisation="per_lead_zscore")])
+def test_prepare_many_groups_match_each_record_alone(spec: InputSpec) -> None:
+    """The vectorised path (one transform per rate and length) gives each record exactly the row it
+    gets alone, whatever shares its batch; a bad record is refused alone and its row stays zero."""
+    rng = np.random.default_rng(3)
+    recs = [(rng.normal(0, 1, (12, int(fs * sec))), fs, STANDARD_LEADS, masked)
+            for fs, sec, masked in [(500.0, 10, ()), (100.0, 10, ("V2",)), (500.0, 10, ("I",)),
+                                    (250.0, 7.3, ()), (100.0, 10, ()), (500.0, 10, ())]]
+    bad = (np.full((12, 1000), np.nan), 100.0, STANDARD_LEADS, ())
+    out = np.full((7, 12, spec.n_samples), 9.0, np.float32)  # dirty, like a reused shared-memory slot
+    x, results = prepare_many([*recs[:3], bad, *recs[3:]], spec, out)
+    assert x is out and isinstance(results[3], PreprocessError) and not x[3].any()
+    for k, rec in zip([0, 1, 2, 4, 5, 6], recs, strict=True):
+        alone, absent = prepare_record(*rec[:3], spec, rec[3])
+        assert np.array_equal(x[k], alone) and results[k] == absent
 
 
 @settings(max_examples=25, deadline=None, database=None)

@@ -1,8 +1,15 @@
-"""One micro-batch, from raw Kafka values to outcomes: decode, gate, infer, decide.
+"""One micro-batch, from raw Kafka values to outcomes: decode, gate, preprocess, infer, explain, decide.
 
 Everything here is synchronous and free of Kafka and Redis, so it runs in a
 worker thread off the event loop and is tested as plain functions. Each message
 ends in exactly one :class:`Outcome`: a verdict (with its alerts) or a dead letter.
+
+Two halves: :func:`prepare` (decode, gate, preprocess: CPU only, no model, so the pipelined
+worker runs it in a pool process) and :meth:`Screener.finish` (infer, explain, decide).
+Verdicts carry each stage's own wall time: ``decode_ms``, ``gate_ms``, ``preprocess_ms``,
+``infer_ms`` (the model call only), ``explain_ms`` (policy and explanations), ``queue_ms``
+(broker timestamp to verdict). ``persist_ms`` follows the verdict's publication, so it is in
+the worker's log line for the batch, not in the verdict.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from datetime import UTC, datetime
 import numpy as np
 
 from models.bundle import Bundle
+from models.config import InputSpec
 from models.engine import Engine
-from models.explain import explain
-from models.preprocess import prepare_record
+from models.explain import explain_many
+from models.preprocess import prepare_many
 from schemas.codec import DecodeError, Limits, decode_event, make_deadletter, peek_event_id
 from schemas.errors import ECGScreenError
 from schemas.messages import (
@@ -73,19 +81,125 @@ class Outcome:
 
 @dataclass(slots=True)
 class _Stage:
-    """Wall time of each stage of one batch, in milliseconds."""
+    """Wall time of each stage of one batch, in milliseconds: each mark is the time since the last."""
 
-    started: float = field(default_factory=time.perf_counter)
+    last: float = field(default_factory=time.perf_counter)
     marks: dict[str, float] = field(default_factory=dict)
 
     def mark(self, name: str) -> None:
         now = time.perf_counter()
-        self.marks[f"{name}_ms"] = round((now - self.started) * 1000 - sum(self.marks.values()), 3)
+        self.marks[f"{name}_ms"] = round((now - self.last) * 1000, 3)
+        self.last = now
 
 
 def dead(message: RawMessage, err: ECGScreenError, limits: Limits) -> Outcome:
     letter = make_deadletter(err, message.value, message.topic, message.partition, message.offset, limits)
     return Outcome(message, deadletter=letter)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why one record of a batch could not be screened, in plain fields (it crosses process borders)."""
+
+    stage: str  # "decode" or "preprocess"
+    reason: str
+    detail: str
+    event_id: str | None
+    error_type: str
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch after the CPU stages (decode, gate, preprocess), indexed by position in the batch.
+
+    ``x`` holds the model input of the records in ``masked`` (row k = k-th key in ascending order);
+    a record appears in exactly one of ``failures``, ``masked`` or (gate-rejected) neither, and every
+    decoded record in ``events``/``qualities``. ``events`` may carry their signal stripped: nothing
+    after this point reads it.
+    """
+
+    events: dict[int, ECGEvent]
+    qualities: dict[int, RecordQuality]
+    failures: dict[int, Failure]
+    masked: dict[int, tuple[str, ...]]  # runnable records -> spec leads missing or masked
+    x: np.ndarray
+    timings_ms: dict[str, float]
+
+    def select(self, keep: Sequence[int]) -> Prepared:
+        """The same batch restricted to positions ``keep``, renumbered 0.. in that order."""
+        rows = {i: k for k, i in enumerate(sorted(self.masked))}
+        pos = {old: new for new, old in enumerate(keep)}
+        runnable = [i for i in keep if i in self.masked]
+        return Prepared(
+            events={pos[i]: self.events[i] for i in keep if i in self.events},
+            qualities={pos[i]: self.qualities[i] for i in keep if i in self.qualities},
+            failures={pos[i]: self.failures[i] for i in keep if i in self.failures},
+            masked={pos[i]: self.masked[i] for i in runnable},
+            x=self.x[[rows[i] for i in runnable]], timings_ms=dict(self.timings_ms))
+
+
+def prepare(values: Sequence[bytes], spec: InputSpec, gate: GateConfig | None = None,
+            limits: Limits | None = None, out: np.ndarray | None = None) -> Prepared:
+    """Decode, gate and preprocess one batch of raw payloads; never raises on bad input.
+
+    Pure CPU work with no model: it runs in the worker's thread (serial screener) or in a pool
+    process (pipelined worker), which passes ``out`` in shared memory for the model input.
+    """
+    stage = _Stage()
+    events: dict[int, ECGEvent] = {}
+    failures: dict[int, Failure] = {}
+    for i, value in enumerate(values):
+        try:
+            events[i] = decode_event(value, limits or Limits())
+        except DecodeError as err:
+            failures[i] = Failure("decode", err.reason.value, err.detail, err.event_id, type(err).__name__)
+    stage.mark("decode")
+    qualities = _gate(events, gate or GateConfig())
+    stage.mark("gate")
+    masked, x = _preprocess(events, qualities, spec, failures, out)
+    stage.mark("preprocess")
+    return Prepared(events, qualities, failures, masked, x, stage.marks)
+
+
+def _gate(events: dict[int, ECGEvent], config: GateConfig) -> dict[int, RecordQuality]:
+    """Gate events in groups of equal shape, rate and leads (one vectorised call each)."""
+    groups: dict[tuple[float, tuple[str, ...], int], list[int]] = defaultdict(list)
+    for i, ev in events.items():
+        groups[(ev.sampling_rate_hz, ev.leads, ev.n_samples)].append(i)
+    out: dict[int, RecordQuality] = {}
+    for (fs, leads, _), idx in groups.items():
+        x = np.stack([events[i].signal_mv for i in idx])
+        rails = _stack_rails([events[i] for i in idx])
+        for i, q in zip(idx, gate_batch(x, fs, leads, config, rails), strict=True):
+            out[i] = q
+    return out
+
+
+def _preprocess(events: dict[int, ECGEvent], qualities: dict[int, RecordQuality], spec: InputSpec,
+                failures: dict[int, Failure], out: np.ndarray | None) -> tuple[dict[int, tuple[str, ...]], np.ndarray]:
+    """Model input for the records the gate lets through (vectorised per rate and length)."""
+    todo = [i for i in sorted(events) if qualities[i].status is not QualityStatus.REJECT]
+    records = [(events[i].signal_mv, events[i].sampling_rate_hz, events[i].leads,
+                qualities[i].bad_leads if qualities[i].status is QualityStatus.DEGRADED else ())
+               for i in todo]
+    view = None if out is None else out[: len(todo)]
+    try:
+        x, results = prepare_many(records, spec, view)
+    except Exception as exc:  # a bug in a vectorised step must not sink the batch: fail its records
+        x = np.zeros((len(todo), len(spec.leads), spec.n_samples), np.float32) if view is None else view
+        results = [exc] * len(todo)  # type: ignore[list-item]
+    masked: dict[int, tuple[str, ...]] = {}
+    ok_rows: list[int] = []
+    for k, (i, r) in enumerate(zip(todo, results, strict=True)):
+        if isinstance(r, Exception):
+            failures[i] = Failure("preprocess", "processing_failed", str(r), events[i].event_id, type(r).__name__)
+        else:
+            masked[i] = r
+            ok_rows.append(k)
+    if len(ok_rows) < len(todo):  # compact: row k of x belongs to the k-th runnable record
+        x[: len(ok_rows)] = x[ok_rows]
+        x = x[: len(ok_rows)]
+    return masked, x
 
 
 @dataclass(frozen=True)
@@ -98,104 +212,103 @@ class Screener:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     limits: Limits = field(default_factory=Limits)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    explain_alerts: bool = True  # attribution for alerting records only (one backward pass per alert)
+    explain_alerts: bool = True  # attribution for alerting records only (one batched backward pass)
 
-    def screen(self, messages: Sequence[RawMessage]) -> list[Outcome]:
-        """One outcome per message, in order. Never raises on bad input."""
+    def screen(self, messages: Sequence[RawMessage], prepared: Prepared | None = None) -> list[Outcome]:
+        """One outcome per message, in order. Never raises on bad input.
+
+        ``prepared`` is this batch's CPU work done elsewhere (the pipelined worker's pool);
+        without it, that work runs here first (the serial screener): the outcomes are the same.
+        """
+        if prepared is None:
+            prepared = prepare([m.value for m in messages], self.bundle.config.input, self.gate, self.limits)
+        return self.finish(messages, prepared)
+
+    def finish(self, messages: Sequence[RawMessage], prep: Prepared) -> list[Outcome]:
+        """Infer, explain and decide for a prepared batch."""
         stage = _Stage()
         outcomes: list[Outcome | None] = [None] * len(messages)
-        events: dict[int, ECGEvent] = {}
-        for i, msg in enumerate(messages):
-            try:
-                events[i] = decode_event(msg.value, self.limits)
-            except DecodeError as err:
-                outcomes[i] = dead(msg, err, self.limits)
-        stage.mark("decode")
-        qualities = self._gate(events)
-        stage.mark("gate")
-        scored = self._infer(messages, events, qualities, outcomes)
+        for i, failure in prep.failures.items():
+            outcomes[i] = dead(messages[i], self._error(failure), self.limits)
+        scored = self._infer(messages, prep, outcomes)
         stage.mark("infer")
-        self._decide(messages, events, qualities, scored, outcomes, stage)
+        alerts = self._alerts(prep, scored, outcomes)
+        if self.explain_alerts:
+            alerts = self._explain(prep, scored, alerts)
+        stage.mark("explain")
+        timings = {**prep.timings_ms, **stage.marks, "batch_size": float(len(messages))}
+        self._verdicts(messages, prep, scored, alerts, outcomes, timings)
         return [o for o in outcomes if o is not None]
 
-    def _gate(self, events: dict[int, ECGEvent]) -> dict[int, RecordQuality]:
-        """Gate events in groups of equal shape, rate and leads (one vectorised call each)."""
-        groups: dict[tuple[float, tuple[str, ...], int], list[int]] = defaultdict(list)
-        for i, ev in events.items():
-            groups[(ev.sampling_rate_hz, ev.leads, ev.n_samples)].append(i)
-        out: dict[int, RecordQuality] = {}
-        for (fs, leads, _), idx in groups.items():
-            x = np.stack([events[i].signal_mv for i in idx])
-            rails = _stack_rails([events[i] for i in idx])
-            for i, q in zip(idx, gate_batch(x, fs, leads, self.gate, rails), strict=True):
-                out[i] = q
-        return out
+    def _error(self, failure: Failure) -> ECGScreenError:
+        if failure.stage == "decode":
+            return DecodeError(DeadLetterReason(failure.reason), failure.detail, failure.event_id)
+        return _failed(failure.stage, failure.error_type, failure.event_id)
 
-    def _infer(self, messages: Sequence[RawMessage], events: dict[int, ECGEvent],
-               qualities: dict[int, RecordQuality], outcomes: list[Outcome | None],
-               ) -> dict[int, tuple[dict[str, float], tuple[str, ...], np.ndarray]]:
-        """Scores and masked leads per runnable event; failures become dead letters."""
-        prepared: dict[int, tuple[np.ndarray, tuple[str, ...]]] = {}
-        for i, ev in events.items():
-            q = qualities[i]
-            if q.status is QualityStatus.REJECT:
-                continue
-            masked = q.bad_leads if q.status is QualityStatus.DEGRADED else ()
-            try:
-                prepared[i] = prepare_record(ev.signal_mv, ev.sampling_rate_hz, ev.leads,
-                                             self.bundle.config.input, masked)
-            except Exception as exc:  # a record the preprocessing cannot handle must not sink the batch
-                outcomes[i] = dead(messages[i], _failed("preprocess", exc, ev.event_id), self.limits)
-        if not prepared:
+    def _infer(self, messages: Sequence[RawMessage], prep: Prepared, outcomes: list[Outcome | None],
+               ) -> dict[int, tuple[dict[str, float], int]]:
+        """Scores and model-input row per runnable record; a model failure dead-letters them."""
+        order = sorted(prep.masked)
+        if not order:
             return {}
-        order = list(prepared)
         try:
-            probs = self.engine.infer(np.stack([prepared[i][0] for i in order]))
+            probs = self.engine.infer(prep.x)
         except Exception as exc:
             for i in order:
-                outcomes[i] = dead(messages[i], _failed("inference", exc, events[i].event_id), self.limits)
+                err = _failed("inference", type(exc).__name__, prep.events[i].event_id)
+                outcomes[i] = dead(messages[i], err, self.limits)
             return {}
         task_ids = self.bundle.task_ids
-        return {i: (dict(zip(task_ids, map(float, probs[k]), strict=True)), prepared[i][1], prepared[i][0])
-                for k, i in enumerate(order)}
+        return {i: (dict(zip(task_ids, map(float, probs[k]), strict=True)), k) for k, i in enumerate(order)}
 
-    def _decide(self, messages: Sequence[RawMessage], events: dict[int, ECGEvent],
-                qualities: dict[int, RecordQuality],
-                scored: dict[int, tuple[dict[str, float], tuple[str, ...], np.ndarray]],
-                outcomes: list[Outcome | None], stage: _Stage) -> None:
+    def _alerts(self, prep: Prepared, scored: dict[int, tuple[dict[str, float], int]],
+                outcomes: list[Outcome | None]) -> dict[int, list[Alert]]:
         now = self.clock()
-        batch_ms = {**stage.marks, "batch_size": float(len(messages))}
-        for i, ev in events.items():
+        out: dict[int, list[Alert]] = {}
+        for i, ev in prep.events.items():
+            if outcomes[i] is None:
+                scores = scored[i][0] if i in scored else {}
+                out[i] = decide_alerts(ev, _quality(prep.qualities[i]), scores, self.bundle.config.tasks,
+                                       self.bundle.ref, now, prep.masked.get(i, ()), self.policy)
+        return out
+
+    def _explain(self, prep: Prepared, scored: dict[int, tuple[dict[str, float], int]],
+                 alerts: dict[int, list[Alert]]) -> dict[int, list[Alert]]:
+        """Explanations for every alerting (record, task) pair of the batch in one backward pass;
+        a failure logs and leaves them None: an explanation is an aid to the reader and must
+        never cost the verdict."""
+        pairs = sorted({(i, a.task.id) for i, found in alerts.items() for a in found if i in scored})
+        if not pairs:
+            return alerts
+        source = self.engine if getattr(self.engine, "eager_model", None) is not None else self.bundle
+        task_ids = self.bundle.task_ids
+        try:
+            found = explain_many(source, prep.x[[scored[i][1] for i, _ in pairs]],
+                                 [task_ids.index(t) for _, t in pairs])
+            done: dict[tuple[int, str], Explanation | None] = dict(zip(pairs, found, strict=True))
+        except Exception as exc:
+            log.warning("explanation failed", extra={"alerts": len(pairs), "error": type(exc).__name__})
+            done = {}
+        return {i: [dataclasses.replace(a, explanation=done.get((i, a.task.id))) for a in found_alerts]
+                for i, found_alerts in alerts.items()}
+
+    def _verdicts(self, messages: Sequence[RawMessage], prep: Prepared,
+                  scored: dict[int, tuple[dict[str, float], int]], alerts: dict[int, list[Alert]],
+                  outcomes: list[Outcome | None], timings: dict[str, float]) -> None:
+        now = self.clock()
+        for i, ev in prep.events.items():
             if outcomes[i] is not None:
                 continue
-            quality = _quality(qualities[i])
-            scores, masked, x = scored.get(i, ({}, (), None))
-            alerts = decide_alerts(ev, quality, scores, self.bundle.config.tasks, self.bundle.ref, now,
-                                   masked, self.policy)
-            if alerts and x is not None and self.explain_alerts:
-                alerts = self._explain(ev.event_id, alerts, x)
-            timings = {**batch_ms, "queue_ms": _queue_ms(messages[i], now)}
+            found = alerts[i]
+            queue = _queue_ms(messages[i], now)
             verdict = Verdict(
                 event_id=ev.event_id, patient_ref=ev.patient_ref, site=ev.source.site,
-                acquired_at=ev.acquired_at, model=self.bundle.ref, quality=quality, scores=scores,
-                alert_ids=tuple(a.alert_id for a in alerts), timings_ms=timings, processed_at=now,
-                masked_leads=masked,
+                acquired_at=ev.acquired_at, model=self.bundle.ref, quality=_quality(prep.qualities[i]),
+                scores=scored[i][0] if i in scored else {}, alert_ids=tuple(a.alert_id for a in found),
+                timings_ms=timings if queue is None else {**timings, "queue_ms": queue}, processed_at=now,
+                masked_leads=prep.masked.get(i, ()),
             )
-            outcomes[i] = Outcome(messages[i], verdict=verdict, alerts=tuple(alerts))
-
-    def _explain(self, event_id: str, alerts: list[Alert], x: np.ndarray) -> list[Alert]:
-        """Attach an explanation to each alert, once per task; a failure logs and leaves it None,
-        because an explanation is an aid to the reader and must never cost the verdict."""
-        source = self.engine if getattr(self.engine, "eager_model", None) is not None else self.bundle
-        done: dict[str, Explanation | None] = {}
-        for alert in alerts:
-            if alert.task.id not in done:
-                try:
-                    done[alert.task.id] = explain(source, x, self.bundle.task_ids.index(alert.task.id))
-                except Exception as exc:
-                    log.warning("explanation failed", extra={"event_id": event_id, "error": type(exc).__name__})
-                    done[alert.task.id] = None
-        return [dataclasses.replace(a, explanation=done[a.task.id]) for a in alerts]
+            outcomes[i] = Outcome(messages[i], verdict=verdict, alerts=tuple(found))
 
 
 def _quality(q: RecordQuality) -> Quality:
@@ -209,10 +322,11 @@ def _stack_rails(events: Sequence[ECGEvent]) -> np.ndarray | None:
     return np.stack([ev.rails_mv for ev in events if ev.rails_mv is not None])
 
 
-def _queue_ms(message: RawMessage, now: datetime) -> float:
+def _queue_ms(message: RawMessage, now: datetime) -> float | None:
+    """From the broker's timestamp to the verdict (clock skew floored at 0); None without one."""
     if message.timestamp_ms is None:
-        return -1.0
-    return round(now.timestamp() * 1000 - message.timestamp_ms, 3)
+        return None
+    return max(0.0, round(now.timestamp() * 1000 - message.timestamp_ms, 3))
 
 
 class ProcessingError(ECGScreenError):
@@ -223,10 +337,10 @@ class ProcessingError(ECGScreenError):
         self.event_id = event_id
 
 
-def _failed(stage: str, exc: Exception, event_id: str | None) -> ProcessingError:
+def _failed(stage: str, error_type: str, event_id: str | None) -> ProcessingError:
     # Log the type only: exception text from numeric code can quote signal values.
-    log.error("screening stage failed", extra={"stage": stage, "event_id": event_id, "error": type(exc).__name__})
-    return ProcessingError(f"{stage} failed ({type(exc).__name__}); replay the event once fixed", event_id)
+    log.error("screening stage failed", extra={"stage": stage, "event_id": event_id, "error": error_type})
+    return ProcessingError(f"{stage} failed ({error_type}); replay the event once fixed", event_id)
 
 
 def classify(messages: Sequence[RawMessage], recorded: Sequence[tuple[str, str] | None],
