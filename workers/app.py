@@ -38,7 +38,10 @@ from schemas.waveform import pack_waveform
 from workers.kafka_auth import faust_credentials
 from workers.metrics import WorkerMetrics
 from workers.pipeline import Outcome, ProcessingError, RawMessage, Screener, classify, dead
+from workers.pipelined import PipelinedLoop
 from workers.policy import Admission
+from workers.prep import Prepared
+from workers.prep_pool import PrepPool
 from workers.settings import Settings
 from workers.triage import Admitted, RecordedOutcome, TriageStore
 
@@ -70,10 +73,11 @@ class BatchRunner:
         if self._triage is not None:
             await self._triage.close()
 
-    async def handle(self, messages: Sequence[RawMessage]) -> None:
+    async def handle(self, messages: Sequence[RawMessage], prepared: Prepared | None = None) -> None:
+        """``prepared``: the batch's decode/gate/preprocess already done by the pipelined loop's pool."""
         started = time.perf_counter()
         try:
-            outcomes, dups = await self._screen(messages)
+            outcomes, dups = await self._screen(messages, prepared)
         except Exception:
             # A bug, not bad input (bad input is a dead letter inside the screener):
             # record the batch as dead letters rather than lose or loop on it.
@@ -81,22 +85,28 @@ class BatchRunner:
             outcomes, dups = [self._failed(m) for m in messages], 0
         persist_started = time.perf_counter()
         admitted = await self._persist(outcomes, dups)
+        persist_s = time.perf_counter() - persist_started
         if self._metrics is not None:
-            self._metrics.observe_batch(messages, outcomes, dups, admitted, time.perf_counter() - persist_started)
+            self._metrics.observe_batch(messages, outcomes, dups, admitted, persist_s)
+        stages = next((o.verdict.timings_ms for o in outcomes if o.verdict is not None), {})
         log.info("batch done", extra={
+            **{k: v for k, v in stages.items() if k.endswith("_ms") and k != "queue_ms"},
+            "persist_ms": round(persist_s * 1000, 1),
             "batch_size": len(messages), "duplicates": dups,
             "verdicts": sum(o.kind == "verdict" for o in outcomes),
             "deadletters": sum(o.kind == "deadletter" for o in outcomes),
             "alerts": sum(len(o.alerts) for o in outcomes),
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
 
-    async def _screen(self, messages: Sequence[RawMessage]) -> tuple[list[Outcome], int]:
+    async def _screen(self, messages: Sequence[RawMessage], prepared: Prepared | None,
+                      ) -> tuple[list[Outcome], int]:
         recorded = await self._durably("read outcomes", lambda: self.triage.recorded_outcomes(
             [m.key for m in messages]))
         fresh, dups, conflicts = classify(messages, [(r.digest, r.kind) if r else None for r in recorded])
         batch = [messages[i] for i in fresh]
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(self._executor, self._screener.screen, batch) if batch else []
+        part = prepared.select(fresh) if prepared is not None else None
+        outcomes = await loop.run_in_executor(self._executor, self._screener.screen, batch, part) if batch else []
         outcomes += [self._conflict(messages[i]) for i in conflicts]
         return outcomes, len(dups)
 
@@ -165,8 +175,12 @@ class BatchRunner:
                 delay = min(delay * 2, 5.0)
 
 
-def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | None = None) -> faust.App:
-    """The faust app with its one agent; nothing connects until the worker starts."""
+def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | None = None,
+               pool: PrepPool | None = None) -> faust.App:
+    """The faust app with its one agent; nothing connects until the worker starts.
+
+    With a prep ``pool``, the agent runs the pipelined loop (``workers.pipelined``: two batches
+    in flight, acked in order once durable); without, one batch at a time, as below."""
     app = faust.App(
         settings.kafka.group_id,
         broker=f"kafka://{settings.kafka.bootstrap}",
@@ -192,6 +206,9 @@ def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | 
     # Concurrency 1: with more, faust can commit past events still in flight.
     @app.agent(events, concurrency=1)
     async def screen(stream: Any) -> None:  # faust.Stream; take_events is missing from its StreamT
+        if pool is not None:
+            await PipelinedLoop(pool, runner.handle, _raw).run(stream, max_batch, within)
+            return
         async for batch in stream.take_events(max_batch, within=within):
             await runner.handle([_raw(e) for e in batch])
 
@@ -206,6 +223,8 @@ def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(sender: faust.App, **kwargs: Any) -> None:
         await runner.close()
+        if pool is not None:
+            pool.close()
 
     return app
 

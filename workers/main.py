@@ -14,6 +14,7 @@ from workers.health import Health, dependency_checks, start_ops_server
 from workers.logs import configure_logging
 from workers.metrics import WorkerMetrics, attach
 from workers.pipeline import Screener
+from workers.prep_pool import PoolConfig, PrepPool
 from workers.settings import Settings
 
 log = logging.getLogger("ecgscreen.worker")
@@ -39,6 +40,19 @@ def build_screener(settings: Settings, metrics: WorkerMetrics | None = None) -> 
     return Screener(bundle=bundle, engine=engine, policy=settings.policy)
 
 
+def build_pool(settings: Settings, screener: Screener) -> PrepPool | None:
+    """The prep pool of the pipelined loop, its processes started; None for the serial loop."""
+    if settings.batch.prep_processes == 0:
+        return None
+    started = time.perf_counter()
+    pool = PrepPool(PoolConfig(screener.bundle.config.input, screener.gate, screener.limits,
+                               settings.batch.prep_processes, settings.batch.max_batch))
+    pool.warm_up()
+    log.info("prep pool started", extra={"processes": settings.batch.prep_processes,
+                                          "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
+    return pool
+
+
 def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; faust commits acked offsets on the way out.
 
@@ -56,7 +70,8 @@ def run_worker(settings: Settings) -> None:
     server = start_ops_server(settings.ops.metrics_host, settings.ops.metrics_port, metrics.registry, health,
                               checks, close)
     try:
-        app = create_app(settings, build_screener(settings, metrics), metrics)
+        screener = build_screener(settings, metrics)
+        app = create_app(settings, screener, metrics, build_pool(settings, screener))
         health.model_loaded = True
         attach(app, metrics, health, settings.kafka.topics.events)
         worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)

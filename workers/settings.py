@@ -191,6 +191,9 @@ def default_torch_threads() -> int:
 class BatchSettings:
     max_batch: int = 32
     max_wait_s: float = 0.2
+    # Processes that decode, gate and preprocess the next batch while the model runs this one
+    # (workers.pipelined); 0 runs the serial loop, everything in the worker process.
+    prep_processes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,8 @@ def _batch(get: _Reader) -> BatchSettings:
     return BatchSettings(
         max_batch=get.integer("MAX_BATCH", db.max_batch, "most events per micro-batch", lo=1, hi=4096),
         max_wait_s=get.number("MAX_WAIT_S", db.max_wait_s, "longest wait to fill a micro-batch", lo=0.001, hi=60),
+        prep_processes=get.integer("PREP_PROCESSES", db.prep_processes, "processes that decode, gate and "
+                                   "preprocess the next batch while the model runs (0: the serial loop)", lo=0, hi=256),
     )
 
 

@@ -1,0 +1,176 @@
+"""The pipelined worker's parts: the prep pool (real processes, shared memory) gives the serial
+screener's outcomes exactly, and the loop acks strictly in order with at most two batches in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import Bundle, init_untrained_bundle
+from models.engine import make_engine
+from ops.feed import SignalFault, malformed_payloads, simulated_records, with_fault
+from workers.pipeline import Outcome, RawMessage, Screener
+from workers.pipelined import PipelinedLoop
+from workers.prep import Prepared, prepare
+from workers.prep_pool import PoolConfig, PrepPool, _split
+
+NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def screener(tmp_path_factory: pytest.TempPathFactory) -> Screener:
+    b: Bundle = init_untrained_bundle(tmp_path_factory.mktemp("b") / "bundle", base_width=8)
+    with torch.no_grad():
+        b.model.heads.bias.fill_(8.0)  # every alerting task fires: explanations are part of the parity
+    return Screener(bundle=b, engine=make_engine(b, "torch-cpu"), clock=lambda: NOW)
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[RawMessage]:
+    """Clean 500 Hz and 100 Hz records, signal faults, malformed payloads: every path of a batch."""
+    recs = list(simulated_records(6, fs=500.0, seed=2, bases=2))
+    payloads = [r.encode() for r in recs[:3]]
+    payloads += [with_fault(recs[3], SignalFault.ALL_FLAT, 1).encode(),
+                 with_fault(recs[4], SignalFault.LEAD_OFF, 2).encode()]
+    low = dataclasses.replace(recs[5], event_id="sim-100hz", fs=100.0, signal_mv=recs[5].signal_mv[:, ::5].copy())
+    payloads.append(low.encode())
+    payloads += [bad for _, bad in malformed_payloads(recs[0].encode())[:3]]
+    return [RawMessage.of(p, "ecg.events", 0, i, 1_700_000_000_000) for i, p in enumerate(payloads)]
+
+
+def _same(a: Sequence[Outcome], b: Sequence[Outcome]) -> None:
+    """Identical outcomes but for wall times and the dead letters' own creation time."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.message == y.message and x.alerts == y.alerts
+        if x.verdict is not None or y.verdict is not None:
+            assert x.verdict is not None and y.verdict is not None
+            assert dataclasses.replace(x.verdict, timings_ms={}) == dataclasses.replace(y.verdict, timings_ms={})
+        else:
+            assert x.deadletter is not None and y.deadletter is not None
+            same_time = dataclasses.replace(y.deadletter, created_at=x.deadletter.created_at)
+            assert x.deadletter == same_time
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_pool_prepared_batches_give_the_serial_outcomes(screener: Screener, messages: list[RawMessage],
+                                                         processes: int) -> None:
+    cfg = PoolConfig(screener.bundle.config.input, screener.gate, screener.limits, processes, max_batch=16)
+    pool = PrepPool(cfg)
+    try:
+        async def both() -> tuple[Prepared, Prepared]:  # two batches at once: two slots in use
+            return await asyncio.gather(pool.prepare([m.value for m in messages]),
+                                        pool.prepare([m.value for m in messages[::-1]]))
+        prepared, reversed_ = asyncio.run(both())
+    finally:
+        pool.close()
+    serial = screener.screen(messages)
+    assert any(o.alerts for o in serial) and any(o.deadletter for o in serial) and any(
+        o.verdict and o.verdict.quality.status.value == "reject" for o in serial)
+    _same(screener.screen(messages, prepared), serial)
+    _same(screener.screen(messages[::-1], reversed_), screener.screen(messages[::-1]))
+    assert prepared.x.flags.owndata or prepared.x.base is not None  # a copy out of the slot
+    stages = {k for o in serial if o.verdict for k in o.verdict.timings_ms}
+    assert {"decode_ms", "gate_ms", "preprocess_ms", "infer_ms", "explain_ms", "queue_ms"} <= stages
+
+
+def test_select_keeps_rows_with_their_records(screener: Screener, messages: list[RawMessage]) -> None:
+    prep = prepare([m.value for m in messages], screener.bundle.config.input)
+    keep = [5, 0, 3, 7, 2]
+    part = prep.select(keep)
+    alone = prepare([messages[i].value for i in keep], screener.bundle.config.input)
+    assert part.masked == alone.masked and part.failures == alone.failures
+    assert np.array_equal(part.x, alone.x)
+
+
+def test_split_covers_the_batch() -> None:
+    assert _split(7, 2) == [(0, 4), (4, 7)] and _split(1, 3) == [(0, 1)] and _split(0, 2) == []
+
+
+class _Event:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class _Stream:
+    """What the loop needs of a faust stream: ``noack_take`` and ``ack``, recorded."""
+
+    def __init__(self, n_batches: int, size: int) -> None:
+        self.batches = [[_Event(b * size + k) for k in range(size)] for b in range(n_batches)]
+        self.acked: list[int] = []
+
+    async def noack_take(self, max_: int, within: float) -> AsyncIterator[list[_Event]]:
+        for batch in self.batches:
+            yield batch
+
+    async def ack(self, event: _Event) -> None:
+        self.acked.append(event.offset)
+
+
+class _Pool:
+    async def prepare(self, values: Sequence[bytes]) -> Any:
+        await asyncio.sleep(0.01 * (len(values) % 3))  # uneven prep times: later batches can be ready first
+        return None
+
+
+def test_loop_acks_in_order_with_at_most_two_batches_in_flight() -> None:
+    stream, running, seen = _Stream(n_batches=9, size=3), [0], [0]
+    handled: list[int] = []
+
+    async def handle(msgs: Sequence[RawMessage], prepared: Any) -> None:
+        running[0] += 1
+        seen[0] = max(seen[0], running[0])
+        await asyncio.sleep(0.005)
+        handled.append(msgs[0].offset)
+        running[0] -= 1
+
+    def raw(e: _Event) -> RawMessage:
+        return RawMessage.of(b"x" * (e.offset % 5), "t", 0, e.offset)
+
+    loop = PipelinedLoop(_Pool(), handle, raw)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        await loop.run(stream, 3, 0.01)
+        while len(stream.acked) < 27:  # the last batch finishes after the source is exhausted
+            await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(go(), 10))
+    assert stream.acked == list(range(27)) and handled == list(range(0, 27, 3)) and seen[0] == 1
+
+
+def test_loop_cancelled_leaves_unfinished_batches_unacked() -> None:
+    stream = _Stream(n_batches=4, size=2)
+    gate = asyncio.Event()
+
+    async def handle(msgs: Sequence[RawMessage], prepared: Any) -> None:
+        if msgs[0].offset >= 2:
+            await gate.wait()  # batch 1 onwards never finishes
+
+    loop = PipelinedLoop(_Pool(), handle, lambda e: RawMessage.of(b"{}", "t", 0, e.offset))  # type: ignore[arg-type]
+
+    async def go() -> None:
+        task = asyncio.create_task(loop.run(stream, 2, 0.01))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    assert stream.acked == [0, 1]
+
+
+def test_pipelined_worker_module_imports_no_torch_in_pool(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, workers.prep_pool, workers.prep; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,90 @@
+"""The pipelined batch loop: batch N+1's CPU work overlaps batch N's inference and writes.
+
+Each batch goes through two steps:
+
+A. prepare (decode, gate, preprocess) in the pool processes (``workers.prep_pool``);
+B. the runner's ``handle`` (look up recorded outcomes, infer, explain, decide, persist),
+   then ack its events.
+
+Step A of a batch starts as soon as it is taken; step B runs strictly one batch after another,
+in the order the batches were taken, and a batch's events are acked only once its step B has
+returned, which is once everything it produced is durable. So acks (and hence commits) follow
+offset order exactly as in the serial loop, and the duplicate check of batch N+1 sees
+batch N's recorded outcomes. At most ``max_in_flight`` (2) batches are taken and not yet
+acked; taking the next waits for the oldest, which is the back-pressure on the consumer.
+
+faust's ``noack_take`` leaves acking to us (``take_events`` acks in ``finally`` when the loop
+body returns, which here would be before the batch is durable). A batch that never finishes
+(the process dies, or shutdown cancels it) is never acked and is redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from workers.pipeline import RawMessage
+from workers.prep import Prepared
+from workers.prep_pool import PrepPool
+
+log = logging.getLogger("ecgscreen.worker")
+EX_TEMPFAIL = 75  # as workers.app: "try again later" for a supervisor
+Handle = Callable[[Sequence[RawMessage], Prepared | None], Awaitable[None]]
+
+
+class PipelinedLoop:
+    def __init__(self, pool: PrepPool, handle: Handle, to_raw: Callable[[Any], RawMessage],
+                 max_in_flight: int = 2) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        self._pool, self._handle, self._to_raw = pool, handle, to_raw
+        self._max_in_flight = max_in_flight
+
+    async def run(self, stream: Any, max_batch: int, within: float) -> None:
+        """Consume ``stream`` (a faust Stream) until cancelled; never acks an unfinished batch."""
+        in_flight: deque[asyncio.Task[None]] = deque()
+        try:
+            async for events in stream.noack_take(max_batch, within=within):
+                while len(in_flight) >= self._max_in_flight:
+                    await asyncio.shield(in_flight[0])
+                    in_flight.popleft()
+                previous = in_flight[-1] if in_flight else None
+                in_flight.append(asyncio.create_task(self._one(stream, list(events), previous)))
+                while in_flight and in_flight[0].done():
+                    in_flight.popleft()
+            for task in list(in_flight):  # the stream ended: let the last batches finish
+                await asyncio.shield(task)
+        finally:
+            for task in in_flight:  # stopping: unfinished batches stay unacked, redelivered after restart
+                task.cancel()
+
+    async def _one(self, stream: Any, events: list[Any], previous: asyncio.Task[None] | None) -> None:
+        try:
+            await self._step(stream, events, previous)
+        except Exception:
+            # handle() never raises by contract; anything else here is a bug that would leave a gap in
+            # the acks (commits would stall on it). Stop unacked, as a durable failure does: redelivered.
+            log.critical("pipelined batch failed outside the screener; stopping without ack", exc_info=True)
+            logging.shutdown()
+            os._exit(EX_TEMPFAIL)
+
+    async def _step(self, stream: Any, events: list[Any], previous: asyncio.Task[None] | None) -> None:
+        messages = [self._to_raw(e) for e in events]
+        prepared = await self._prepare(messages)
+        if previous is not None:
+            await asyncio.shield(previous)  # step B in order; cancelling us must not cancel it
+        await self._handle(messages, prepared)  # never raises: failures become dead letters
+        for event in events:  # in offset order within each partition
+            await stream.ack(event)
+
+    async def _prepare(self, messages: Sequence[RawMessage]) -> Prepared | None:
+        """The pool's work, or None (the screener then prepares in its own thread) if the pool fails."""
+        try:
+            return await self._pool.prepare([m.value for m in messages])
+        except Exception:
+            log.exception("prep pool failed; preparing this batch in the worker", extra={"batch_size": len(messages)})
+            return None
