@@ -17,6 +17,7 @@ CONTEXT_FIELDS = (
     "event_id", "alert_id", "stage", "error", "batch_size", "fresh", "duplicates", "conflicts",
     "verdicts", "deadletters", "alerts", "new_triage", "elapsed_ms", "attempt", "what", "engine",
     "bundle", "model_sha256", "trained", "topic", "partition", "offset", "reason", "tasks",
+    "decode_ms", "gate_ms", "preprocess_ms", "infer_ms", "explain_ms", "persist_ms", "processes",
 )
 
 
