@@ -16,7 +16,7 @@ from workers.settings import Settings, load_settings
 DEFAULT_SHARED_DATA = Path("../shared/data")
 # Command groups that live beside the area they serve; each has register(subparsers).
 COMMAND_MODULES = ("ops.model_cmd", "ops.triage_cmd", "ops.alerts_cmd", "ops.train_cmd", "ops.gate_cmd",
-                   "ops.ingest", "ops.web.cmd")
+                   "ops.ingest", "ops.web.cmd", "ops.bench_cmd")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
     _stack_commands(sub.add_parser("stack", help="embedded Kafka-protocol broker + Redis on loopback"))
     w = sub.add_parser("worker", help="run the screening worker (until SIGTERM)")
+    w.add_argument("--processes", type=int, default=1,
+                   help="worker processes in the consumer group, supervised (default 1; at most the partitions)")
+    w.add_argument("--gpus", default="", help="comma-separated GPU ids, one per process in turn (e.g. 0,1)")
     w.set_defaults(func=cmd_worker)
     d = sub.add_parser("demo", help="run the demo pipeline on the embedded stack and print a summary")
     d.add_argument("--records", type=int, default=150, help="records in the feed (default 150)")
@@ -109,6 +112,11 @@ def cmd_stack_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if args.processes > 1 or args.gpus:
+        from ops.supervise import supervise
+
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        return supervise(max(1, args.processes), settings.state_dir, gpus)
     from workers.main import run_worker
 
     run_worker(settings)

@@ -44,7 +44,7 @@ class DemoConfig:
     data_dir: Path | None = None
     n_records: int = 150
     rate_per_s: float = 50.0
-    partitions: int = 3
+    partitions: int = 6
     seed: int = 7
     timeout_s: float = 300.0
     bundle_path: Path | None = None
@@ -220,6 +220,8 @@ async def _exchange(settings: Settings, feed: Feed, cfg: DemoConfig) -> dict[str
 def _account(feed: Feed, out: OutputCollector, sent_at: dict[str, float]) -> dict[str, object]:
     latencies = [(ts - sent_at[k]) * 1000 for k, ts in out.first_seen_at.items() if k in sent_at]
     counts = Counter(out.outcome_count.values())
+    done = [ts for k, ts in out.first_seen_at.items() if k in sent_at]
+    span = max(done) - min(sent_at.values()) if done else 0.0
     return {
         "messages_sent": len(feed.items),
         "distinct_events": len(feed.unique_keys),
@@ -232,6 +234,8 @@ def _account(feed: Feed, out: OutputCollector, sent_at: dict[str, float]) -> dic
         "events_without_outcome": len(feed.unique_keys - set(out.outcome_count)),
         "latency_ms_median": round(float(np.median(latencies)), 1) if latencies else None,
         "latency_ms_p99": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
+        # Events with an outcome over the span from the first publish to the last outcome.
+        "throughput_ecg_per_s": round(len(done) / span, 1) if span > 0 else None,
         "model_trained": all(v.model.trained for v in out.verdicts.values()),
         "model": next((f"{v.model.name} {v.model.version} sha256:{v.model.sha256[:12]}"
                        for v in out.verdicts.values()), None),
@@ -280,7 +284,7 @@ def print_summary(s: dict[str, object], say: Callable[[str], None] = print) -> N
     for key in ("model", "messages_sent", "distinct_events", "duplicate_deliveries_sent",
                 "verdicts_by_quality", "alerts_by_task", "deadletters_by_reason",
                 "events_with_exactly_one_outcome", "events_with_more_than_one_outcome",
-                "events_without_outcome", "latency_ms_median", "latency_ms_p99",
+                "events_without_outcome", "latency_ms_median", "latency_ms_p99", "throughput_ecg_per_s",
                 "triage_open_by_site", "triage_counters"):
         say(f"{key:<36} {s.get(key)}")
     say("top of the triage queue:")

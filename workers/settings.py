@@ -59,7 +59,8 @@ class KafkaSettings:
     bootstrap: str = "127.0.0.1:9092"
     group_id: str = "ecgscreen-worker"
     topics: Topics = field(default_factory=Topics)
-    partitions: int = 3
+    # Partitions bound the consumers of a group: 12 lets up to 12 worker processes share the feed.
+    partitions: int = 12
     # Auto commit cadence of faust; offsets of acked events only, so a shorter
     # interval only shrinks the redelivery window after a crash.
     commit_interval_s: float = 1.0
