@@ -130,14 +130,10 @@ class BatchRunner:
         await self._durably("publish", lambda: self._publish(outcomes, _to_publish(admitted)))
         done = [(o.message.key, RecordedOutcome(o.message.digest, o.kind)) for o in outcomes]
         ttl = self._settings.redis.outcome_ttl_s
-        await self._durably("record outcomes", lambda: self.triage.record_outcomes(done, ttl))
         new = sum(a.admission is Admission.ADDED and not a.replay for a in admitted)
-        await self._durably("stats", lambda: self._count(dups, new))
+        counts = {"duplicates_skipped": dups, "triage_entries_added": new}
+        await self._durably("record outcomes", lambda: self.triage.record_outcomes(done, ttl, counts))
         return admitted
-
-    async def _count(self, dups: int, new_triage: int) -> None:
-        await self.triage.count("duplicates_skipped", dups)
-        await self.triage.count("triage_entries_added", new_triage)
 
     async def _publish(self, outcomes: Sequence[Outcome], alerts: Sequence[Alert]) -> None:
         topics = self._settings.kafka.topics

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -174,8 +173,3 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     """Contiguous (start, stop) bounds of at most ``parts`` non-empty chunks covering range(n)."""
     size = max(1, -(-n // max(1, parts)))
     return [(a, min(n, a + size)) for a in range(0, n, size)]
-
-
-def default_processes(torch_threads: int) -> int:
-    """CPU cores left beside the model's threads (at least one process)."""
-    return max(1, (os.cpu_count() or 2) - torch_threads)

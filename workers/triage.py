@@ -219,13 +219,18 @@ class TriageStore:
         raw = await self._r.mget([self._k("outcome", k) for k in event_keys])
         return [None if v is None else RecordedOutcome(*_text(v).split("|", 1)) for v in raw]
 
-    async def record_outcomes(self, outcomes: Sequence[tuple[str, RecordedOutcome]], ttl_s: int) -> None:
-        """Mark events done. NX: the first recorded outcome of an event id stands."""
-        if not outcomes:
+    async def record_outcomes(self, outcomes: Sequence[tuple[str, RecordedOutcome]], ttl_s: int,
+                              counts: Mapping[str, int] | None = None) -> None:
+        """Mark events done (NX: the first recorded outcome of an event id stands) and add ``counts``
+        to the stats, all in one round trip."""
+        counts = {k: n for k, n in (counts or {}).items() if n}
+        if not outcomes and not counts:
             return
         async with self._r.pipeline(transaction=False) as pipe:
             for key, out in outcomes:
                 pipe.set(self._k("outcome", key), f"{out.digest}|{out.kind}", ex=ttl_s, nx=True)
+            for field, n in counts.items():
+                pipe.hincrby(self._k("stats"), field, n)
             await pipe.execute()
 
     async def count(self, field: str, n: int = 1) -> None:
