@@ -20,7 +20,7 @@ from ops.feed import SignalFault, malformed_payloads, simulated_records, with_fa
 from workers.pipeline import Outcome, RawMessage, Screener
 from workers.pipelined import PipelinedLoop
 from workers.prep import Prepared, prepare
-from workers.prep_pool import PoolConfig, PrepPool, _split
+from workers.prep_pool import PoolClosed, PoolConfig, PrepPool, _split
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
@@ -165,6 +165,21 @@ def test_loop_cancelled_leaves_unfinished_batches_unacked() -> None:
 
     asyncio.run(go())
     assert stream.acked == [0, 1]
+
+
+def test_a_closed_pool_leaves_batches_unacked_and_unscreened() -> None:
+    class Closed:
+        async def prepare(self, values: Sequence[bytes]) -> Any:
+            raise PoolClosed("stopping")
+
+    stream, handled = _Stream(n_batches=3, size=2), []
+
+    async def handle(msgs: Sequence[RawMessage], prepared: Any) -> None:
+        handled.append(msgs)
+
+    loop = PipelinedLoop(Closed(), handle, lambda e: RawMessage.of(b"{}", "t", 0, e.offset))  # type: ignore[arg-type]
+    asyncio.run(loop.run(stream, 2, 0.01))
+    assert stream.acked == [] and handled == []  # not dead-lettered as failures: redelivered after restart
 
 
 def test_pipelined_worker_module_imports_no_torch_in_pool(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from workers.pipeline import RawMessage
 from workers.prep import Prepared
-from workers.prep_pool import PrepPool
+from workers.prep_pool import PoolClosed, PrepPool
 
 log = logging.getLogger("ecgscreen.worker")
 EX_TEMPFAIL = 75  # as workers.app: "try again later" for a supervisor
@@ -74,7 +74,11 @@ class PipelinedLoop:
 
     async def _step(self, stream: Any, events: list[Any], previous: asyncio.Task[None] | None) -> None:
         messages = [self._to_raw(e) for e in events]
-        prepared = await self._prepare(messages)
+        try:
+            prepared = await self._prepare(messages)
+        except PoolClosed:
+            return  # the worker is stopping: leave the batch unacked, it is redelivered
+
         if previous is not None:
             await asyncio.shield(previous)  # step B in order; cancelling us must not cancel it
         await self._handle(messages, prepared)  # never raises: failures become dead letters
@@ -85,6 +89,8 @@ class PipelinedLoop:
         """The pool's work, or None (the screener then prepares in its own thread) if the pool fails."""
         try:
             return await self._pool.prepare([m.value for m in messages])
+        except PoolClosed:
+            raise
         except Exception:
             log.exception("prep pool failed; preparing this batch in the worker", extra={"batch_size": len(messages)})
             return None

@@ -45,6 +45,10 @@ log = logging.getLogger("ecgscreen.prep_pool")
 NO_SIGNAL = np.zeros((0, 0), np.float32)  # stands in for a signal that stayed in the pool process
 
 
+class PoolClosed(RuntimeError):
+    """The pool was closed (the worker is stopping): the batch must be left unacked, not screened."""
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     spec: InputSpec
@@ -105,6 +109,7 @@ class PrepPool:
         self._row_bytes = len(cfg.spec.leads) * cfg.spec.n_samples * 4
         self._shm = [SharedMemory(create=True, size=cfg.max_batch * self._row_bytes) for _ in range(cfg.slots)]
         self._free: asyncio.Queue[int] | None = None
+        self._closed = False
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -117,6 +122,8 @@ class PrepPool:
                                 [self._shm[0].name] * self.cfg.processes, [0] * self.cfg.processes))
 
     async def prepare(self, values: Sequence[bytes]) -> Prepared:
+        if self._closed:
+            raise PoolClosed("the prep pool is closed")
         if len(values) > self.cfg.max_batch:
             raise ValueError(f"batch of {len(values)} exceeds the pool's max_batch {self.cfg.max_batch}")
         if self._free is None:  # made on the event loop that uses it
@@ -125,9 +132,12 @@ class PrepPool:
                 self._free.put_nowait(k)
         slot = await self._free.get()
         try:
-            return await self._run(values, slot)
+            prepared = await self._run(values, slot)
         finally:
             self._free.put_nowait(slot)
+        if self._closed:  # closed while this batch was out: its chunks may be cut short
+            raise PoolClosed("the prep pool closed during the batch")
+        return prepared
 
     async def _run(self, values: Sequence[bytes], slot: int) -> Prepared:
         bounds = _split(len(values), self.cfg.processes)
@@ -137,6 +147,8 @@ class PrepPool:
                        for a, b in bounds]
             chunks = await asyncio.gather(*futures)
         except BrokenProcessPool:
+            if self._closed:
+                raise PoolClosed("the prep pool closed during the batch") from None
             log.error("prep pool process died; restarting the pool")
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = self._start()
@@ -163,6 +175,7 @@ class PrepPool:
         return Prepared(events, qualities, failures, masked, x, timings)
 
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
         for shm in self._shm:
             shm.close()
