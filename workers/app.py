@@ -218,9 +218,9 @@ def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | 
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(sender: faust.App, **kwargs: Any) -> None:
-        await runner.close()
-        if pool is not None:
+        if pool is not None:  # first: batches still preparing are then left unacked, not screened
             pool.close()
+        await runner.close()
 
     return app
 

@@ -23,6 +23,7 @@ forking a threaded process is unsafe. Pool processes import no torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -175,10 +176,12 @@ class PrepPool:
         return Prepared(events, qualities, failures, masked, x, timings)
 
     def close(self) -> None:
+        """Stop the processes without waiting for a chunk in progress (its batch is then left unacked)."""
         self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
         for shm in self._shm:
-            shm.close()
+            with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with the process
+                shm.close()
             shm.unlink()
 
 
