@@ -17,6 +17,7 @@ so a file swapped between check and use cannot slip through.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -40,6 +41,7 @@ from models.calibration import Calibrator
 from models.catalog import default_tasks
 from models.config import (
     BUNDLE_SCHEMA_VERSION,
+    LABEL_SOURCE_SCHEMA_VERSION,
     SUPPORTED_SCHEMA_VERSIONS,
     Arch,
     BundleConfig,
@@ -246,10 +248,22 @@ def _parse_config(data: bytes) -> BundleConfig:
         )
     if version == 1 and raw.get("text") is not None:
         raise BundleError(BundleReason.INVALID_CONFIG, "schema_version 1 bundles carry no text tower")
+    legacy = version < LABEL_SOURCE_SCHEMA_VERSION
+    if legacy and any(isinstance(t, dict) and "label_source" in t for t in raw.get("tasks") or ()):
+        raise BundleError(BundleReason.INVALID_CONFIG, f"label_source needs schema_version {BUNDLE_SCHEMA_VERSION}")
     try:
-        return BundleConfig.from_dict(raw)
+        config = BundleConfig.from_dict(raw)
     except ModelConfigError as e:
         raise BundleError(BundleReason.INVALID_CONFIG, e.detail) from e
+    return _legacy_label_sources(config) if legacy else config
+
+
+def _legacy_label_sources(config: BundleConfig) -> BundleConfig:
+    """v1/v2 heads predate ``label_source``: every trained one came from PTB-XL's ECG statements."""
+    if not config.trained:
+        return config
+    tasks = tuple(dataclasses.replace(t, label_source="ecg_statement") for t in config.tasks)
+    return dataclasses.replace(config, tasks=tasks)
 
 
 def _parse_tokenizer(config: BundleConfig, files: Mapping[str, bytes]) -> BPETokenizer | None:

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from models.config import ModelConfigError, TaskSpec
+from models.echo_catalog import echo_task_specs
 from schemas.messages import TaskGroup
 
-_E, _H, _R = TaskGroup.ECG, TaskGroup.ECHO, TaskGroup.RARE
+_E = TaskGroup.ECG
 
 # (id, name, group, threshold, alert, prevalence, description)
 _ROWS: tuple[tuple[str, str, TaskGroup, float, bool, float, str], ...] = (
@@ -36,31 +37,14 @@ _ROWS: tuple[tuple[str, str, TaskGroup, float, bool, float, str], ...] = (
     ("ecg.1avb", "First-degree AV block", _E, 0.5, False, 0.035, ""),
     ("ecg.pace", "Paced rhythm", _E, 0.5, False, 0.013, "eligibility: paced ECGs are excluded"),
     ("ecg.stemi", "ST-elevation myocardial infarction", _E, 0.3, True, 0.005, "not in PTB-XL; PRAUC 0.383"),
-    # echocardiographic targets (from an echo within weeks of the ECG)
-    ("echo.lvef_le_40", "LVEF <= 40%", _H, 0.3, True, 0.08, "reduced ejection fraction"),
-    ("echo.lvef_le_50", "LVEF <= 50%", _H, 0.4, False, 0.14, "superset of LVEF <= 40%; scored, no 2nd alert"),
-    ("echo.lvh_wall_ge_13mm", "LV wall thickness >= 13 mm", _H, 0.5, False, 0.10, "echo LV hypertrophy"),
-    ("echo.hcm", "Hypertrophic cardiomyopathy", _H, 0.1, True, 0.002, "cleared tools: PPV ~14% at 0.2%"),
-    ("echo.as_moderate_plus", "Aortic stenosis, moderate or worse", _H, 0.3, True, 0.03, ""),
-    ("echo.ar_moderate_plus", "Aortic regurgitation, moderate or worse", _H, 0.3, True, 0.02, ""),
-    ("echo.mr_moderate_plus", "Mitral regurgitation, moderate or worse", _H, 0.3, True, 0.05, ""),
-    ("echo.tr_moderate_plus", "Tricuspid regurgitation, moderate or worse", _H, 0.4, False, 0.05, ""),
-    ("echo.rv_dysfunction", "RV systolic dysfunction", _H, 0.4, False, 0.06, ""),
-    ("echo.pasp_ge_45", "Pulmonary hypertension (PASP >= 45 mmHg)", _H, 0.3, True, 0.08, "under-recognised"),
-    ("echo.pericardial_effusion", "Pericardial effusion, moderate or larger", _H, 0.3, False, 0.02, ""),
-    ("echo.la_dilation", "Left atrial dilation", _H, 0.5, False, 0.25, ""),
-    ("echo.any_shd", "Any structural heart disease", _H, 0.5, False, 0.30, "composite; ranks triage"),
-    # rare cardiac diseases (paper's internal PRAUC for ECGCLIP-R34 in the description)
-    ("rare.ebstein", "Ebstein anomaly", _R, 0.1, True, 0.0001, "PRAUC 0.253"),
-    ("rare.constrictive_pericarditis", "Constrictive pericarditis", _R, 0.1, True, 0.0002, "PRAUC 0.175"),
-    ("rare.dextrocardia", "Dextrocardia", _R, 0.3, False, 0.0001, "mimicked by lead reversal; PRAUC 0.121"),
-    ("rare.amyloidosis", "Cardiac amyloidosis", _R, 0.1, True, 0.002, "PRAUC 0.201"),
 )
 
+# Echo and rare-disease targets come from models/echo_catalog.json (definitions, label rules,
+# prevalence sources), the one place ``ecgscreen train link-echo`` reads them from too.
 CATALOG: tuple[TaskSpec, ...] = tuple(
     TaskSpec(id=i, name=n, group=g, threshold=t, alert=a, prevalence=p, description=d)
     for i, n, g, t, a, p, d in _ROWS
-)
+) + echo_task_specs()
 
 # Which PTB-XL label trains each task: a superclass ("NORM") or an SCP statement code ("AFIB").
 PTBXL_LABELS: Mapping[str, str] = MappingProxyType({

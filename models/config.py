@@ -20,11 +20,23 @@ from typing import Any, Literal, TypeVar
 from schemas.errors import ECGScreenError
 from schemas.messages import TaskGroup
 
-BUNDLE_SCHEMA_VERSION = 2
+BUNDLE_SCHEMA_VERSION = 3
 # v1 (signal tower + linear heads only) is a strict subset of v2: every v1 key exists in v2 with
 # the same meaning, and v1 weights are exactly the v2 weights of an all-linear bundle without a
 # text tower. Reading it costs nothing, so the loader keeps accepting it.
-SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+# v3 adds each head's ``label_source`` (required on every head of a trained bundle): whether a head
+# may alert depends on it (``synthetic`` heads may not by default), so a bundle that carries it must
+# be refused by an older reader with ``unsupported_version``, and a new trained bundle that forgot
+# it must be refused too. v1/v2 bundles were all trained by this project's PTB-XL pipeline on ECG
+# statements; the loader reads their trained heads as ``ecg_statement`` (``models.bundle``).
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2, 3)
+LABEL_SOURCE_SCHEMA_VERSION = 3
+
+# Where a head's training and validation labels came from, most to least direct for echo targets.
+LabelSource = Literal["echo_measurement", "echo_report", "ecg_statement", "clinical_diagnosis", "synthetic"]
+LABEL_SOURCES: tuple[str, ...] = ("echo_measurement", "echo_report", "ecg_statement", "clinical_diagnosis",
+                                  "synthetic")
+SYNTHETIC: LabelSource = "synthetic"
 
 STANDARD_LEADS: tuple[str, ...] = (
     "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
@@ -399,6 +411,12 @@ class TaskSpec:
     negative_prompt: str | None = None
     calibration: Calibration | None = None
     target: ThresholdTarget | None = None
+    # Where this head's labels came from (schema v3); None only for untrained heads (no labels at all).
+    label_source: LabelSource | None = None
+
+    @property
+    def synthetic_labels(self) -> bool:
+        return self.label_source == SYNTHETIC
 
     def __post_init__(self) -> None:
         well_formed = isinstance(self.id, str) and bool(_TASK_ID.match(self.id))
@@ -415,6 +433,8 @@ class TaskSpec:
             _set(self, "prevalence", _prob("prevalence", self.prevalence))
         _str("description", self.description, allow_empty=True)
         self._check_head()
+        _need(self.label_source is None or self.label_source in LABEL_SOURCES,
+              f"task {self.id}: label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
         for name, kind in (("metrics", TaskMetrics), ("calibration", Calibration), ("target", ThresholdTarget)):
             value = getattr(self, name)
             _need(value is None or isinstance(value, kind), f"task {self.id}: {name} must be a {kind.__name__}")
@@ -479,6 +499,9 @@ class BundleConfig:
         _need(ok, "tasks must be a non-empty list of TaskSpec")
         ids = [t.id for t in tasks]
         _need(len(set(ids)) == len(ids), f"duplicate task ids in {ids}")
+        if self.trained and self.schema_version >= LABEL_SOURCE_SCHEMA_VERSION:
+            unsourced = [t.id for t in tasks if t.label_source is None]
+            _need(not unsourced, f"every head of a trained bundle names its label_source; missing for {unsourced}")
         _set(self, "tasks", tasks)
 
     def _check_provenance(self) -> None:
@@ -492,6 +515,9 @@ class BundleConfig:
         return tuple(t.id for t in self.tasks)
 
     def to_dict(self) -> dict[str, Any]:
+        tasks = [t.to_dict() for t in self.tasks]
+        if self.schema_version < LABEL_SOURCE_SCHEMA_VERSION:  # written as the older schema knew it
+            tasks = [{k: v for k, v in t.items() if k != "label_source"} for t in tasks]
         return {
             "schema_version": self.schema_version,
             "name": self.name,
@@ -499,7 +525,7 @@ class BundleConfig:
             "trained": self.trained,
             "encoder": self.encoder.to_dict(),
             "input": self.input.to_dict(),
-            "tasks": [t.to_dict() for t in self.tasks],
+            "tasks": tasks,
             "provenance": dict(self.provenance),
             "text": None if self.text is None else self.text.to_dict(),
         }

@@ -114,7 +114,7 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
 def _task_info(t: Any) -> dict[str, Any]:
     cal = t.calibration
     return {"id": t.id, "name": t.name, "group": t.group.value, "head": t.head, "threshold": t.threshold,
-            "alert": t.alert, "calibration": "none" if cal is None else cal.method,
+            "alert": t.alert, "label_source": t.label_source, "calibration": "none" if cal is None else cal.method,
             "target": None if t.target is None else t.target.to_dict(),
             "metrics": None if t.metrics is None else t.metrics.to_dict(),
             **({"prompt": t.prompt, "negative_prompt": t.negative_prompt} if t.head == "zero_shot" else {})}

@@ -28,7 +28,7 @@ def test_info_describes_the_bundle(bundle_dir: Path, capsys: pytest.CaptureFixtu
     capsys.readouterr()
     assert main(["model", "info", str(bundle_dir)]) == 0
     (info,) = lines(capsys)
-    assert info["schema_version"] == 2 and info["trained"] is False and info["text"] is None
+    assert info["schema_version"] == 3 and info["trained"] is False and info["text"] is None
     assert info["input"]["sampling_rate_hz"] == 100.0 and info["input"]["n_samples"] == 1000  # type: ignore[index]
     assert set(info["files"]) == {"bundle.json", "weights.safetensors", "SHA256SUMS"}  # type: ignore[arg-type]
     task = info["tasks"][0]  # type: ignore[index]

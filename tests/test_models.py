@@ -130,7 +130,7 @@ def test_catalog_covers_required_tasks() -> None:
                 "echo.any_shd", "rare.ebstein", "rare.amyloidosis", "rare.dextrocardia"]:  # fmt: skip
         assert catalog_task(tid).prevalence is not None
     assert not catalog_task("ecg.norm").alert and not catalog_task("ecg.pace").alert
-    assert len(catalog_tasks(TaskGroup.ECHO)) == 13 and len(catalog_tasks(TaskGroup.RARE)) == 4
+    assert len(catalog_tasks(TaskGroup.ECHO)) == 16 and len(catalog_tasks(TaskGroup.RARE)) == 4
     with pytest.raises(ModelConfigError) as exc:
         catalog_task("ecg.nope")
     assert exc.value.reason == "unknown_task"
@@ -215,11 +215,11 @@ def test_missing_file_refused(tmp_path: Path) -> None:
 
 def test_unknown_schema_version_refused(tmp_path: Path) -> None:
     b = small_bundle(tmp_path / "b")
-    edit_config(b.path, lambda raw: raw.update(schema_version=3, new_field="x"))
+    edit_config(b.path, lambda raw: raw.update(schema_version=99, new_field="x"))
     assert refused(b.path) == "unsupported_version"
     with pytest.raises(BundleError) as exc:
         load_bundle(b.path)
-    assert "3" in exc.value.detail and "[1, 2]" in exc.value.detail
+    assert "99" in exc.value.detail and "[1, 2, 3]" in exc.value.detail
     c = small_bundle(tmp_path / "c")
     edit_config(c.path, lambda raw: raw.update(schema_version=True))  # JSON true is not version 1
     assert refused(c.path) == "unsupported_version"
@@ -233,7 +233,7 @@ def test_v1_bundle_still_loads(tmp_path: Path) -> None:
         raw["schema_version"] = 1
         del raw["text"]
         for t in raw["tasks"]:
-            for key in ("head", "prompt", "negative_prompt", "calibration", "target"):
+            for key in ("head", "prompt", "negative_prompt", "calibration", "target", "label_source"):
                 del t[key]
 
     edit_config(b.path, to_v1)

@@ -45,8 +45,10 @@ def logits_of(model: ECGCLIPSignalModel, x: npt.NDArray[np.float32], batch: int 
 
 def calibrated_tasks(tasks: Sequence[TaskLabel], val_logits: npt.NDArray[np.float64],
                      val_labels: npt.NDArray[np.float32], cfg: TrainConfig) -> tuple[TaskSpec, ...]:
-    """Each task with calibration, threshold (target: min sensitivity) and validation metrics."""
+    """Each task with calibration, threshold (target: min sensitivity), validation metrics and its label source
+    (PTB-XL's statements: ``ecg_statement``)."""
     target = ThresholdTarget(kind="min_sensitivity", value=cfg.probe.target_sensitivity)
+    tasks = [dataclasses.replace(t, spec=dataclasses.replace(t.spec, label_source="ecg_statement")) for t in tasks]
     out = []
     for j, task in enumerate(tasks):
         try:
