@@ -191,6 +191,7 @@ def item_line(item: TriageItem) -> str:
     who = f" by {item.actor}" if item.actor else ""
     ppv = "" if a.expected_ppv is None else f" ppv {a.expected_ppv:.0%}"
     more = f" (+{item.updates} later ECG)" if item.updates else ""
+    more += "  [SYNTHETIC LABELS]" if "synthetic_labels" in a.flags else ""
     return (f"{a.alert_id}  {a.priority.value:<7} {a.site:<14} {a.task.id:<20} score {a.score:.3f}{ppv}  "
             f"{item.status.value}{who}{more}  {a.created_at:%Y-%m-%d %H:%M}")
 

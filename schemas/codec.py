@@ -98,6 +98,7 @@ _VERDICT_KEYS = frozenset(
     {"schema", "event_id", "patient_ref", "site", "acquired_at", "model", "quality", "scores",
      "alert_ids", "masked_leads", "timings_ms", "processed_at"}
 )  # fmt: skip
+_VERDICT_OPTIONAL = frozenset({"synthetic_labels"})  # added after v1 shipped: older verdicts lack it
 _ALERT_KEYS = frozenset(
     {"schema", "alert_id", "event_id", "patient_ref", "site", "task", "score", "threshold", "priority",
      "model", "quality", "acquired_at", "created_at", "flags", "expected_ppv", "explanation"}
@@ -410,10 +411,11 @@ def _check_schema(obj: dict[str, Any], expected: str) -> None:
         raise DecodeError(_R.UNSUPPORTED_SCHEMA, f"schema={_show(obj['schema'])} is not {expected!r}")
 
 
-def _load_message(payload: bytes, schema: str, keys: frozenset[str]) -> _Fields:
+def _load_message(payload: bytes, schema: str, keys: frozenset[str],
+                  optional: frozenset[str] = frozenset()) -> _Fields:
     obj = _loads(payload, DEFAULT_LIMITS.max_payload_bytes)
     _check_schema(obj, schema)
-    return _Fields(obj, "", keys)
+    return _Fields(obj, "", keys, optional)
 
 
 # --------------------------------------------------------------------------- ecg.event/v1 in
@@ -757,8 +759,9 @@ def verdict_to_dict(verdict: Verdict) -> dict[str, Any]:
         "masked_leads": list(verdict.masked_leads),
         "timings_ms": {key: _plain(value) for key, value in verdict.timings_ms.items()},
         "processed_at": format_timestamp(verdict.processed_at),
+        "synthetic_labels": list(verdict.synthetic_labels),
     }
-    return _checked(doc, _VERDICT_KEYS, _read_verdict)
+    return _checked(doc, _VERDICT_KEYS, _read_verdict, _VERDICT_OPTIONAL)
 
 
 def encode_verdict(verdict: Verdict) -> bytes:
@@ -766,7 +769,7 @@ def encode_verdict(verdict: Verdict) -> bytes:
 
 
 def decode_verdict(payload: bytes) -> Verdict:
-    return _read_verdict(_load_message(payload, VERDICT_SCHEMA, _VERDICT_KEYS))
+    return _read_verdict(_load_message(payload, VERDICT_SCHEMA, _VERDICT_KEYS, _VERDICT_OPTIONAL))
 
 
 def _read_verdict(f: _Fields) -> Verdict:
@@ -782,6 +785,7 @@ def _read_verdict(f: _Fields) -> Verdict:
         timings_ms=f.numbers("timings_ms", 0.0, math.inf),
         processed_at=f.timestamp("processed_at"),
         masked_leads=f.texts("masked_leads"),
+        synthetic_labels=f.texts("synthetic_labels") if f.has("synthetic_labels") else (),
     )
 
 
@@ -883,9 +887,10 @@ def _read_task(f: _Fields) -> TaskRef:
     return TaskRef(id=f.text("id", _ID_CHARS), name=f.text("name", 256), group=f.choice("group", TaskGroup))
 
 
-def _checked(doc: dict[str, Any], keys: frozenset[str], reader: Callable[[_Fields], object]) -> dict[str, Any]:
+def _checked(doc: dict[str, Any], keys: frozenset[str], reader: Callable[[_Fields], object],
+             optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     try:
-        reader(_Fields(doc, "", keys))
+        reader(_Fields(doc, "", keys, optional))
     except DecodeError as err:
         raise EncodeError(f"{doc['schema']} message would not decode: {err}") from err
     return doc

@@ -136,6 +136,8 @@ class Verdict:
     timings_ms: dict[str, float]
     processed_at: datetime
     masked_leads: tuple[str, ...] = ()
+    # Scored tasks whose heads were trained on synthetic labels (their scores demonstrate, never diagnose).
+    synthetic_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

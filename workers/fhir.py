@@ -144,6 +144,9 @@ def _notes(alert: Alert) -> list[str]:
     notes = [summary(alert)]
     if "untrained_model" in alert.flags:
         notes.append("UNTRAINED MODEL: this score carries no clinical meaning.")
+    if "synthetic_labels" in alert.flags:
+        notes.append("SYNTHETIC LABELS: this head was trained on synthetic labels; the score demonstrates the "
+                     "pipeline and carries no clinical meaning.")
     if alert.flags:
         notes.append("caveats: " + ", ".join(alert.flags))
     if alert.explanation is not None:

@@ -35,7 +35,7 @@ from schemas.messages import (
     Verdict,
 )
 from workers.gate import GateConfig, RecordQuality
-from workers.policy import PolicyConfig, decide_alerts
+from workers.policy import PolicyConfig, decide_alerts, synthetic_label_tasks
 from workers.prep import Failure, Prepared, Stage, prepare
 
 log = logging.getLogger("ecgscreen.pipeline")
@@ -176,12 +176,14 @@ class Screener:
                 continue
             found = alerts[i]
             queue = _queue_ms(messages[i], now)
+            scores = scored[i][0] if i in scored else {}
             verdict = Verdict(
                 event_id=ev.event_id, patient_ref=ev.patient_ref, site=ev.source.site,
                 acquired_at=ev.acquired_at, model=self.bundle.ref, quality=_quality(prep.qualities[i]),
-                scores=scored[i][0] if i in scored else {}, alert_ids=tuple(a.alert_id for a in found),
+                scores=scores, alert_ids=tuple(a.alert_id for a in found),
                 timings_ms=timings if queue is None else {**timings, "queue_ms": queue}, processed_at=now,
                 masked_leads=prep.masked.get(i, ()),
+                synthetic_labels=synthetic_label_tasks(self.bundle.config.tasks, scores),
             )
             outcomes[i] = Outcome(messages[i], verdict=verdict, alerts=tuple(found))
 

@@ -54,6 +54,9 @@ class AlertFlag(StrEnum):
     LATE_EVENT = "late_event"
     # acquired_at lies more than max_future_s after processing: the device clock is wrong.
     CLOCK_SKEW = "clock_skew"
+    # The head was trained and validated on synthetic labels (a demonstration, not a clinical finding);
+    # such heads alert only where ``PolicyConfig.allow_synthetic_labels`` is set.
+    SYNTHETIC_LABELS = "synthetic_labels"
 
 
 PACING_SPIKES = "pacing_spikes"  # the gate's reason code (workers.gate.QualityReason.PACING_SPIKES)
@@ -68,6 +71,7 @@ class Ineligible(StrEnum):
     PACED = "paced"
     NOT_ALERTING = "not_alerting"
     SITE_DISABLED = "site_disabled"
+    SYNTHETIC_LABELS = "synthetic_labels"
 
 
 class Admission(StrEnum):
@@ -110,6 +114,9 @@ class PolicyConfig:
     max_past_s: float = 14 * 86400.0
     max_alerts_per_hour: int | None = None  # default for sites without their own limit
     sites: Mapping[str, SitePolicy] = field(default_factory=dict)
+    # Heads whose labels are synthetic (``TaskSpec.label_source``) never alert unless this is set
+    # (ECGSCREEN_ALLOW_SYNTHETIC_LABELS): for demonstrations and shadow-mode plumbing tests only.
+    allow_synthetic_labels: bool = False
 
     def site(self, site: str) -> SitePolicy:
         return self.sites.get(site, _NO_OVERRIDES)
@@ -148,6 +155,8 @@ def eligibility(event: ECGEvent, quality: Quality, task: TaskSpec, config: Polic
         return Ineligible.NOT_ALERTING
     if task.id in site.disabled_tasks:
         return Ineligible.SITE_DISABLED
+    if task.synthetic_labels and not config.allow_synthetic_labels:
+        return Ineligible.SYNTHETIC_LABELS
     if quality.status is QualityStatus.REJECT:
         return Ineligible.QUALITY
     # Echo and rare-disease screens were validated on clean ECGs only.
@@ -225,6 +234,11 @@ def flags(event: ECGEvent, quality: Quality, model: ModelRef, masked: Sequence[s
     return tuple(f.value for f in out)
 
 
+def synthetic_label_tasks(tasks: Sequence[TaskSpec], scores: Mapping[str, float]) -> tuple[str, ...]:
+    """The scored tasks whose heads were trained on synthetic labels (the verdict lists them)."""
+    return tuple(t.id for t in tasks if t.synthetic_labels and t.id in scores)
+
+
 def decide_alerts(
     event: ECGEvent,
     quality: Quality,
@@ -252,7 +266,8 @@ def decide_alerts(
             task=TaskRef(task.id, task.name, task.group), score=float(score), threshold=thr,
             # A late event is no emergency any more: it waits its turn.
             priority=Priority.ROUTINE if timing is AlertFlag.LATE_EVENT else prio,
-            model=model, quality=quality, acquired_at=event.acquired_at, created_at=now, flags=alert_flags,
+            model=model, quality=quality, acquired_at=event.acquired_at, created_at=now,
+            flags=(*alert_flags, AlertFlag.SYNTHETIC_LABELS.value) if task.synthetic_labels else alert_flags,
             expected_ppv=expected_ppv(task, site_prevalence(task, site)),
             explanation=(explanations or {}).get(task.id),
         ))

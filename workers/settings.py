@@ -389,6 +389,8 @@ def _policy(get: _Reader) -> PolicyConfig:
                               lo=0, hi=100 * 365 * 86400),
         max_alerts_per_hour=None if limit < 0 else limit,
         sites=site_policies(get.text("SITE_POLICY", "{}", "per-site overrides, JSON (see Alert policy)")),
+        allow_synthetic_labels=get.flag("ALLOW_SYNTHETIC_LABELS", d.allow_synthetic_labels,
+                                        "heads trained on synthetic labels may alert (flagged synthetic_labels)"),
     )
 
 
