@@ -39,6 +39,9 @@ def register(sub: Any) -> None:
     card.add_argument("bundle", type=Path)
     card.add_argument("card", type=Path)
     card.set_defaults(func=cmd_card)
+    from ops.echo_cmd import register_actions  # echo heads from a site's own data (issue 17)
+
+    register_actions(actions)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
