@@ -84,24 +84,158 @@ def cmd_link_echo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# --- the rest of the path (filled in below) --------------------------------------------------------
+# --- synth-cohort, shard, embed, echo-probe ------------------------------------------------------
 
 
 def _synth_parser(actions: Any) -> None:
-    pass
+    p = actions.add_parser("synth-cohort", help="a DECLARED-SYNTHETIC linked cohort from PTB-XL (echo values invented)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="PTB-XL folder (default ../shared/data)")
+    p.add_argument("--out", type=Path, required=True, help="folder for events.jsonl, echo.csv, planted.csv, cohort")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="first N records only")
+    p.set_defaults(func=cmd_synth_cohort)
+
+
+def cmd_synth_cohort(args: argparse.Namespace, settings: Settings) -> int:
+    from models.train.echo.synth import build_cohort
+
+    summary = build_cohort(args.data, args.out, args.seed, args.limit)
+    print_json({k: v for k, v in summary.items() if k != "definition"} | {"definition": str(args.out / "cohort.json")})
+    return 0
 
 
 def _shard_parser(actions: Any) -> None:
-    pass
+    p = actions.add_parser("shard", help="linked ECGs -> memory-mapped shards + index (Parquet with pyarrow)")
+    p.add_argument("--events", type=Path, action="append", required=True, help="ecg.event/v1 JSON lines (repeatable)")
+    p.add_argument("--linked", type=Path, required=True, help="linked.csv from link-echo")
+    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="whose input spec to prepare for")
+    p.add_argument("--shard-size", type=int, default=2048, help="records per shard (default 2048)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_shard)
+
+
+def cmd_shard(args: argparse.Namespace, settings: Settings) -> int:
+    from models.bundle import load_bundle
+    from models.train.echo.link import read_manifest
+    from models.train.echo.shard import write_shards
+
+    spec = load_bundle(args.bundle).config.input
+    rows, tasks = read_manifest(args.linked)
+    print_json(write_shards(args.events, rows, tasks, spec, args.out, args.shard_size))
+    return 0
 
 
 def _embed_parser(actions: Any) -> None:
-    pass
+    p = actions.add_parser("embed", help="precompute a bundle encoder's embeddings of a shard folder")
+    p.add_argument("shards", type=Path)
+    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help=f"encoder to use (default {DEFAULT_BUNDLE})")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    import numpy as np
+    import orjson
+    import torch
+
+    from models.bundle import load_bundle
+    from models.train.echo.heads import embed_shards
+    from models.train.echo.shard import read_meta
+
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    if read_meta(args.shards)["input"] != bundle.config.input.to_dict():
+        raise SystemExit("the shards were prepared for another input spec: run `train shard` with this bundle")
+    started = time.perf_counter()
+    z = embed_shards(args.shards, bundle.model, args.batch, args.workers)
+    seconds = time.perf_counter() - started
+    path = args.shards / f"embeddings-{bundle.sha256[:12]}.npy"
+    np.save(path, z)
+    meta = {"embeddings": str(path), "bundle": str(args.bundle), "sha256": bundle.sha256, "shape": list(z.shape),
+            "seconds": round(seconds, 1), "ecg_per_s": round(len(z) / max(seconds, 1e-9), 1)}
+    path.with_suffix(".json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    print_json(meta)
+    return 0
 
 
 def _probe_parser(actions: Any) -> None:
-    pass
+    p = actions.add_parser("echo-probe", help="calibrated linear echo heads on embeddings -> bundle with label source")
+    p.add_argument("shards", type=Path)
+    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="base bundle (its encoder made the embeddings)")
+    p.add_argument("--label-source", required=True,
+                   choices=("echo_measurement", "echo_report", "clinical_diagnosis", "synthetic", "catalog"),
+                   help="where the labels came from; 'catalog' = each task's catalog source (real echo data)")
+    p.add_argument("--tasks", nargs="*", default=None, help="task ids (default: every task in the shards)")
+    p.add_argument("--planted", type=Path, default=None, help="planted.csv of a synthetic cohort: report the ceiling")
+    p.add_argument("--name", default=None)
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--data", default="", help="data description for the bundle's provenance")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory")
+    p.set_defaults(func=cmd_echo_probe)
+
+
+def cmd_echo_probe(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
+    from models.bundle import load_bundle
+    from models.train.echo import heads as hd
+    from models.train.echo.shard import read_index
+
+    torch_threads_one()
+    base = load_bundle(args.bundle)
+    index = read_index(args.shards)
+    z = np.load(args.shards / f"embeddings-{base.sha256[:12]}.npy").astype(np.float64)
+    tasks = args.tasks or list(index.tasks)
+    fits = []
+    skipped: dict[str, str] = {}
+    for t in tasks:
+        source = _label_source(t, args.label_source)
+        result = hd.fit_one(t, z, index, source, hd.ProbeSettings())
+        if isinstance(result, str):
+            skipped[t] = result
+        else:
+            fits.append(result)
+    if not fits:
+        raise SystemExit(f"no task had enough labels: {skipped}")
+    synthetic = args.label_source == "synthetic"
+    name = args.name or f"{base.config.name}-echo{'-synthetic' if synthetic else ''}"
+    prov = {"data": args.data or str(args.shards), "method": "linear probes on the base encoder's embeddings",
+            "label_source": args.label_source, "shards": str(args.shards)}
+    if synthetic:
+        prov["warning"] = ("echo heads trained on SYNTHETIC labels: no clinical meaning; "
+                           "they alert only with ECGSCREEN_ALLOW_SYNTHETIC_LABELS")
+    sha = hd.echo_bundle(base, fits, args.out, name=name, version=args.version, provenance=prov)
+    print_json({"bundle": str(args.out), "sha256": sha, "skipped": skipped,
+                "tasks": {f.spec.id: {**f.summary, "label_source": f.spec.label_source,
+                                      "planted_test_auroc": _ceiling(args.planted, index, f.spec.id)} for f in fits}})
+    return 0
+
+
+def torch_threads_one() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _label_source(task_id: str, choice: str) -> Any:
+    from models.echo_catalog import load_echo_catalog
+
+    return load_echo_catalog().target(task_id).label_source if choice == "catalog" else choice
+
+
+def _ceiling(planted: Path | None, index: Any, task_id: str) -> float | None:
+    from models.train.echo.heads import planted_auroc
+    from models.train.echo.synth import PLANTED_SCORE, read_planted
+
+    if planted is None or task_id not in PLANTED_SCORE:
+        return None
+    column, sign = PLANTED_SCORE[task_id]
+    return planted_auroc(read_planted(planted), index, task_id, column, sign)
 
 
 def _fit_parser(actions: Any) -> None:
-    _ = DEFAULT_BUNDLE
+    pass

@@ -1,0 +1,158 @@
+"""Echo heads from precomputed embeddings: embed a shard folder once, then one calibrated linear probe per task.
+
+Per task, only the records whose label is known are used (a missing echo measurement is not a
+negative). The L2 strength is picked by patient-grouped cross-validation on the training split
+(``models.train.probe``), calibration and threshold on the validation split
+(``models.calibration.fit_task``), and the figures reported as held out come from the test split,
+which nothing was fitted on. Tasks with too few positives to fit or to validate are skipped and
+named. The bundle written keeps the base bundle's encoder and heads, adds one linear head per echo
+task, and records every head's label source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import DataLoader
+
+from models.bundle import Bundle, make_provenance, save_bundle
+from models.calibration import CalibrationError, auroc, average_precision, fit_task
+from models.config import BundleConfig, LabelSource, TaskSpec, ThresholdTarget
+from models.ecgclip import ECGCLIPSignalModel
+from models.echo_catalog import load_echo_catalog
+from models.train.echo.shard import ShardDataset, ShardIndex
+from models.train.metrics import bootstrap_indices, estimate
+from models.train.probe import Standardizer, choose_l2, fit_logistic, linear_heads
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    min_train_pos: int = 20
+    min_val_pos: int = 5
+    l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    cv_folds: int = 4
+    target_sensitivity: float = 0.8
+    calibration_methods: tuple[str, ...] = ("temperature", "platt")
+    seed: int = 0
+
+
+@torch.no_grad()
+def embed_shards(folder: Path, model: ECGCLIPSignalModel, batch: int = 64, workers: int = 0) -> npt.NDArray[np.float32]:
+    """(n, embed_dim) unnormalised embeddings of every record, in index order, streamed by a DataLoader."""
+    loader = DataLoader(ShardDataset(folder), batch_size=batch, shuffle=False, num_workers=workers)
+    model.eval()
+    parts = [model.encode_signal(x, normalize=False).float().numpy() for x, _ in loader]
+    return np.concatenate(parts) if parts else np.zeros((0, model.cfg.embed_dim), np.float32)
+
+
+@dataclass(frozen=True)
+class TaskFit:
+    spec: TaskSpec
+    head: tuple[F64, float]  # (w on raw embeddings, b) after folding the standardisation
+    summary: dict[str, Any]
+
+
+def _patients(refs: Sequence[str]) -> npt.NDArray[np.int64]:
+    return np.unique(np.asarray(refs), return_inverse=True)[1].astype(np.int64)
+
+
+def fit_one(task_id: str, z: F64, index: ShardIndex, label_source: LabelSource, cfg: ProbeSettings) -> TaskFit | str:
+    """A calibrated head for one task, or the reason it was skipped."""
+    y = index.labels[:, index.tasks.index(task_id)].astype(np.float64)
+    part = {s: index.rows(s)[~np.isnan(y[index.rows(s)])] for s in ("train", "val", "test")}
+    pos = {s: int(y[r].sum()) for s, r in part.items()}
+    if pos["train"] < cfg.min_train_pos or pos["val"] < cfg.min_val_pos:
+        return (f"too few positives: train {pos['train']} (need {cfg.min_train_pos}), "
+                f"val {pos['val']} (need {cfg.min_val_pos})")
+    tr = part["train"]
+    std = Standardizer.fit(z[tr])
+    l2, _ = choose_l2(std(z[tr]), y[tr, None], _patients([index.patient_ref[i] for i in tr]), cfg.l2_grid,
+                      cfg.cv_folds, cfg.seed)
+    w, b = fit_logistic(std(z[tr]), y[tr, None], l2)
+    head = linear_heads(w, b, std)
+    w_raw, b_raw = head.weight.detach().double().numpy()[0], float(head.bias.detach()[0])
+    base = dataclasses.replace(load_echo_catalog().target(task_id).spec, label_source=label_source)
+    target = ThresholdTarget(kind="min_sensitivity", value=cfg.target_sensitivity)
+    try:
+        spec = fit_task(base, z[part["val"]] @ w_raw + b_raw, y[part["val"]], target, cfg.calibration_methods)
+    except CalibrationError as e:
+        return f"calibration failed: {e.detail}"
+    return TaskFit(spec, (w_raw, b_raw), _summary(z, y, part, (w_raw, b_raw), float(l2[0])))
+
+
+def _summary(z: F64, y: F64, part: Mapping[str, npt.NDArray[np.int64]], head: tuple[F64, float],
+             l2: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"l2": l2}
+    for s, rows in part.items():
+        yy = y[rows].astype(bool)
+        score = z[rows] @ head[0] + head[1]
+        both = yy.any() and (~yy).any()
+        out[s] = {"n": int(rows.size), "pos": int(yy.sum()),
+                  "auroc": round(auroc(score, yy), 4) if both else None,
+                  "prauc": round(average_precision(score, yy), 4) if both else None}
+    rows = part["test"]
+    yy = y[rows].astype(bool)
+    if yy.any() and (~yy).any():  # held-out figures carry their uncertainty: test sets here are small
+        est = estimate(auroc, z[rows] @ head[0] + head[1], yy, bootstrap_indices(rows.size, 1000, 0))
+        out["test"]["auroc_ci95"] = [round(est.lo, 4), round(est.hi, 4)]
+    return out
+
+
+def fit_heads(z: F64, index: ShardIndex, tasks: Sequence[str], label_source: LabelSource,
+              cfg: ProbeSettings) -> tuple[list[TaskFit], dict[str, str]]:
+    fits, skipped = [], {}
+    for t in tasks:
+        result = fit_one(t, z, index, label_source, cfg)
+        if isinstance(result, str):
+            skipped[t] = result
+        else:
+            fits.append(result)
+    return fits, skipped
+
+
+def echo_bundle(base: Bundle, fits: Sequence[TaskFit], out: Path, *, name: str, version: str,
+                provenance: Mapping[str, str]) -> str:
+    """The base bundle's encoder and heads plus one linear head per fit, saved at ``out``; returns the sha256."""
+    c = base.config
+    ids = set(c.task_ids)
+    clash = [f.spec.id for f in fits if f.spec.id in ids]
+    if clash:
+        raise ValueError(f"the base bundle already has task(s) {clash}")
+    tasks = (*c.tasks, *(f.spec for f in fits))
+    config = BundleConfig(schema_version=3, name=name, version=version, trained=True, encoder=c.encoder,
+                          input=c.input, tasks=tasks, text=c.text,
+                          provenance={**make_provenance(provenance.get("data", "")), **provenance,
+                                      "base_bundle": f"{c.name}@{c.version} sha256 {base.sha256}"})
+    model = ECGCLIPSignalModel.from_config(config)
+    state = {k: v for k, v in base.model.state_dict().items() if not k.startswith("heads.")}
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        w = torch.cat([base.model.heads.weight, torch.tensor(np.stack([f.head[0] for f in fits]), dtype=torch.float32)])
+        b = torch.cat([base.model.heads.bias, torch.tensor([f.head[1] for f in fits], dtype=torch.float32)])
+        model.heads.weight.copy_(w)
+        model.heads.bias.copy_(b)
+    return save_bundle(out, config, model, text=base.text, overwrite=True)
+
+
+def planted_auroc(planted: Mapping[str, Mapping[str, float]], index: ShardIndex, task_id: str, column: str,
+                  sign: float) -> float | None:
+    """Held-out (test split) AUROC of the noise-free planted score: the ceiling a head could reach."""
+    rows = index.rows("test")
+    y = index.labels[rows, index.tasks.index(task_id)]
+    keep = ~np.isnan(y)
+    score = np.array([planted[column][index.ecg_id[i]] for i in rows[keep]]) * sign if column in planted else None
+    yy = y[keep].astype(bool)
+    if score is None or not (yy.any() and (~yy).any()):
+        return None
+    value = auroc(score, yy)
+    return None if math.isnan(value) else round(value, 4)
