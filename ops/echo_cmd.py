@@ -238,4 +238,63 @@ def _ceiling(planted: Path | None, index: Any, task_id: str) -> float | None:
 
 
 def _fit_parser(actions: Any) -> None:
-    pass
+    p = actions.add_parser("fit", help="train encoder + echo heads on shards; data-parallel under torchrun (DDP)")
+    p.add_argument("shards", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint/, fit.json)")
+    p.add_argument("--bundle", type=Path, default=None, help="start from this bundle's encoder (default: random init)")
+    p.add_argument("--base-width", type=int, default=None, help="encoder width when starting from scratch")
+    p.add_argument("--embed-dim", type=int, default=None, help="embedding width when starting from scratch")
+    p.add_argument("--tasks", nargs="*", default=[], help="task ids (default: every task in the shards)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--global-batch", type=int, default=32, help="records per optimiser step, over all processes")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per process per step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--stop-at", type=int, default=None, help="leave after this step with a checkpoint (preemption)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.set_defaults(func=cmd_fit)
+
+
+def cmd_fit(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
+    import orjson
+    import torch
+    import torch.distributed as dist
+
+    from models.config import EncoderConfig
+    from models.train.echo import ddp
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    d = ddp.init_distributed()
+    init, encoder = None, EncoderConfig()
+    if args.bundle is not None:
+        from models.bundle import load_bundle
+
+        base = load_bundle(args.bundle)
+        init, encoder = ddp.encoder_init(base.model.state_dict()), base.config.encoder
+    else:
+        over = {k: v for k, v in (("base_width", args.base_width), ("embed_dim", args.embed_dim)) if v is not None}
+        encoder = dataclasses.replace(encoder, **over)
+    cfg = ddp.FitConfig(steps=args.steps, global_batch=args.global_batch, lr=args.lr, warmup_steps=args.warmup_steps,
+                        seed=args.seed, accumulate=args.accumulate, checkpoint_every=args.checkpoint_every,
+                        workers=args.workers, amp=not args.no_amp, tasks=ddp.tasks_of(args.shards, args.tasks),
+                        encoder=encoder)
+    result = ddp.fit(args.shards, args.out, cfg, init, resume=args.resume, d=d, stop_at=args.stop_at)
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if d.main:
+        summary = {"world_size": d.world, "accumulate": cfg.accumulate, "steps": result.step,
+                   "seconds": round(result.seconds, 2),
+                   "steps_per_s": round(result.steps_run / max(result.seconds, 1e-9), 3),
+                   "losses": result.losses, "checkpoint": str(args.out / "checkpoint")}
+        (args.out / "fit.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        print_json(summary)
+    return 0
