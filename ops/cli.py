@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=float, default=50.0, help="events per second published (default 50)")
     d.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the settings' bundle)")
     d.add_argument("--json", action="store_true", help="print the summary as JSON too")
+    d.add_argument("--with-echo-example", action="store_true",
+                   help="echo heads trained on a SYNTHETIC linked cohort (built once; alerts flagged synthetic_labels)")
     d.set_defaults(func=cmd_demo)
     _event_commands(sub.add_parser("events", help="validate and produce ecg.event/v1 payloads"))
     for module in COMMAND_MODULES:
@@ -128,7 +131,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     cfg = DemoConfig(state_dir=settings.state_dir / "demo", data_dir=args.data_dir, n_records=args.records,
                      rate_per_s=args.rate, bundle_path=args.bundle)
+    if args.with_echo_example:
+        from ops.echo_demo import BANNER, echo_example_bundle
+
+        print(BANNER)
+        bundle = echo_example_bundle(cfg.state_dir, args.data_dir, args.bundle or settings.bundle_path)
+        cfg = dataclasses.replace(cfg, bundle_path=bundle, allow_synthetic_labels=True)
     summary = run_demo(cfg)
+    if args.with_echo_example:
+        print(BANNER)
     if args.json:
         print_json(summary)
     return 0 if summary["events_without_outcome"] == 0 and summary["events_with_more_than_one_outcome"] == 0 else 1

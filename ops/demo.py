@@ -48,6 +48,7 @@ class DemoConfig:
     seed: int = 7
     timeout_s: float = 300.0
     bundle_path: Path | None = None
+    allow_synthetic_labels: bool = False  # the echo example's synthetic-label heads may alert (flagged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,8 @@ def _worker_env(cfg: DemoConfig, stack: StackInfo) -> dict[str, str]:
     env["ECGSCREEN_METRICS_PORT"] = str(free_port())
     if cfg.bundle_path is not None:
         env["ECGSCREEN_BUNDLE"] = str(cfg.bundle_path)
+    if cfg.allow_synthetic_labels:
+        env["ECGSCREEN_ALLOW_SYNTHETIC_LABELS"] = "true"
     return env
 
 
