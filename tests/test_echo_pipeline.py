@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from models.bundle import load_bundle
 from models.echo_catalog import load_echo_catalog
@@ -78,8 +79,8 @@ def test_bundle_scores_as_fitted_and_keeps_the_base_heads(echo_run: dict[str, An
     assert b.config.task_ids == (*base.config.task_ids, *TASKS)
     assert {t.label_source for t in b.config.tasks[: len(base.config.tasks)]} == {"ecg_statement"}
     x = np.stack([ShardDataset(echo_run["root"] / "shards")[i][0].numpy() for i in range(4)])
-    logits = b.model(__import__("torch").from_numpy(x)).detach().numpy()
-    base_logits = base.model(__import__("torch").from_numpy(x)).detach().numpy()
+    with torch.no_grad():
+        logits, base_logits = (m(torch.from_numpy(x)).numpy() for m in (b.model, base.model))
     np.testing.assert_allclose(logits[:, : base_logits.shape[1]], base_logits, atol=1e-5)
     w, bias = echo_run["fits"][0].head
     np.testing.assert_allclose(logits[:, len(base.config.tasks)], echo_run["z"][:4] @ w + bias, atol=1e-3)

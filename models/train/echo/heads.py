@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from models.bundle import Bundle, make_provenance, save_bundle
 from models.calibration import CalibrationError, auroc, average_precision, fit_task
-from models.config import BundleConfig, LabelSource, TaskSpec, ThresholdTarget
+from models.config import BUNDLE_SCHEMA_VERSION, BundleConfig, LabelSource, TaskSpec, ThresholdTarget
 from models.ecgclip import ECGCLIPSignalModel
 from models.echo_catalog import load_echo_catalog
 from models.train.echo.shard import ShardDataset, ShardIndex
@@ -129,8 +129,8 @@ def echo_bundle(base: Bundle, fits: Sequence[TaskFit], out: Path, *, name: str, 
     if clash:
         raise ValueError(f"the base bundle already has task(s) {clash}")
     tasks = (*c.tasks, *(f.spec for f in fits))
-    config = BundleConfig(schema_version=3, name=name, version=version, trained=True, encoder=c.encoder,
-                          input=c.input, tasks=tasks, text=c.text,
+    config = BundleConfig(schema_version=BUNDLE_SCHEMA_VERSION, name=name, version=version, trained=True,
+                          encoder=c.encoder, input=c.input, tasks=tasks, text=c.text,
                           provenance={**make_provenance(provenance.get("data", "")), **provenance,
                                       "base_bundle": f"{c.name}@{c.version} sha256 {base.sha256}"})
     model = ECGCLIPSignalModel.from_config(config)
