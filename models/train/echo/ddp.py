@@ -17,7 +17,6 @@ On CUDA the forward runs under bf16 autocast (``amp``); on CPU in float32.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -70,9 +69,9 @@ class Dist:
 
 
 def init_distributed() -> Dist:
-    """From torchrun's environment (RANK, WORLD_SIZE): NCCL on CUDA, gloo on CPU; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Under torchrun, join its process group (torch reads RANK/WORLD_SIZE/MASTER_* itself): NCCL on CUDA,
+    gloo on CPU; a single process otherwise."""
+    if not dist.is_torchelastic_launched():
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -173,7 +172,8 @@ def fit(shards: Path, out: Path, cfg: FitConfig, init: dict[str, torch.Tensor] |
     still runs to ``cfg.steps``, so a resumed run continues exactly where this one stopped).
     """
     d = d or init_distributed()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
+    # One GPU per process, ranks filling each node's GPUs in order (torchrun's layout).
+    device = torch.device("cuda", d.rank % torch.cuda.device_count()) if torch.cuda.is_available() \
         else torch.device("cpu")
     ds = ShardDataset(shards, cfg.tasks or None)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
