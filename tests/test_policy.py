@@ -94,6 +94,13 @@ def test_alerts_only_at_or_above_threshold() -> None:
     assert all(a.flags == () for a in alerts)
 
 
+def test_a_nan_score_never_alerts() -> None:
+    """`score < thr` is False for NaN, so a NaN used to alert on every task (the screener also
+    dead-letters such records, see test_pipeline; this is the policy's own guard)."""
+    alerts = decide_alerts(event(), PASS, {"ecg.afib": float("nan"), "ecg.mi": 0.9}, [AFIB, MI], TRAINED, NOW)
+    assert [a.task.id for a in alerts] == ["ecg.mi"]
+
+
 def test_alert_carries_what_triage_needs() -> None:
     (alert,) = decide_alerts(event(), PASS, {"ecg.afib": 0.7}, [AFIB], TRAINED, NOW)
     assert alert.event_id == "e-1" and alert.patient_ref == "p-1" and alert.site == "site-a"

@@ -243,7 +243,8 @@ def decide_alerts(
     alerts = []
     for task in tasks:
         score, thr = scores.get(task.id), threshold(task, site)
-        if score is None or score < thr or eligibility(event, quality, task, config):
+        # `not >=`: a NaN score (a failed model) never alerts, where `score < thr` would let it through.
+        if score is None or not score >= thr or eligibility(event, quality, task, config):
             continue
         prio = priority(task, score, config, thr)
         alerts.append(Alert(
