@@ -165,7 +165,7 @@ class Harness:
     runner: BatchRunner
     producer: FakeProducer
     triage: FakeTriage
-    screener: FakeScreener
+    screener: Any  # FakeScreener, or a real Screener
 
     def handle(self, messages: Sequence[RawMessage]) -> None:
         asyncio.run(self.runner.handle(messages))
@@ -180,9 +180,10 @@ class Harness:
         return [decode_alert(v).alert_id for _, v in self.producer.on(TOPICS.alerts)]
 
 
-def harness(timeout_s: float = 5.0, triage: FakeTriage | None = None) -> Harness:
+def harness(timeout_s: float = 5.0, triage: FakeTriage | None = None, screener: Any = None) -> Harness:
+    """A runner over fakes; ``screener`` may be a real :class:`Screener`."""
     settings: Settings = dataclasses.replace(load_settings({}), durable_write_timeout_s=timeout_s)
-    app, fake, screener = FakeApp(), triage or FakeTriage(), FakeScreener()
+    app, fake, screener = FakeApp(), triage or FakeTriage(), screener or FakeScreener()
     runner = BatchRunner(app, settings, screener, triage=fake, exit_process=_exit)  # type: ignore[arg-type]
     return Harness(runner, app.producer, fake, screener)
 
@@ -331,3 +332,4 @@ def test_to_publish_is_each_target_once_at_its_latest_view_without_suppressed() 
                 Admitted("al_0004", Admission.ADDED, "al_0004", make_alert(4), replay=True)]
     assert [(a.alert_id, a.score) for a in to_publish(admitted)] == [
         ("al_0001", 0.95), ("al_0003", 0.9), ("al_0004", 0.9)]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,18 @@ def test_non_finite_model_output_is_a_dead_letter_of_its_own(tmp_path: Path, rec
     assert nan.alerts == () and nan.deadletter.event_id == records[0].event_id
     assert gated.verdict is not None and gated.verdict.quality.status is QualityStatus.REJECT
     encode_deadletter(nan.deadletter)  # what the worker publishes encodes
+
+
+def test_a_nan_producing_bundle_gives_dead_letters_not_a_stall(tmp_path: Path, records) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11's poison pill through the worker's batch loop (fake Redis and Kafka clients): it used
+    to retry the EncodeError of NaN alerts until exit 75, for ever; now each record is a dead letter."""
+    from tests.test_app import harness
+
+    bundle = overflowing_bundle(tmp_path)
+    h = harness(timeout_s=120.0, screener=Screener(bundle=bundle, engine=make_engine(bundle, "torch-cpu")))
+    started = time.monotonic()
+    h.handle([msg(r.encode(), i) for i, r in enumerate(records[:3])])
+    assert time.monotonic() - started < 30.0
+    assert h.deadletters() == dict.fromkeys([r.event_id for r in records[:3]], DeadLetterReason.NON_FINITE_OUTPUT)
+    assert h.verdicts() == [] and h.alerts() == [] and h.triage.admitted == {}
+    assert {o.kind for o in h.triage.outcomes.values()} == {"deadletter"}
