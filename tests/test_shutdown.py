@@ -56,7 +56,7 @@ def _start(settings: Settings, env: dict[str, str], name: str) -> subprocess.Pop
     with open(settings.state_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], env=full, stdout=log,
                                 stderr=subprocess.STDOUT)
-    wait_ready(settings, proc, timeout_s=120)
+    wait_ready(settings, proc, timeout_s=120, log=settings.state_dir / f"{name}.log")
     return proc
 
 
