@@ -21,23 +21,19 @@ from schemas.messages import (
     TaskGroup,
     Window,
 )
+from tests.admission_model import Candidate, OpenAlert, admit, nearest_open, simulate
 from workers.policy import (
     Admission,
     AlertFlag,
-    Candidate,
     Ineligible,
-    OpenAlert,
     PolicyConfig,
     SitePolicy,
-    admit,
     alert_id,
     decide_alerts,
     dedup_time_ms,
     eligibility,
     expected_ppv,
-    nearest_open,
     priority,
-    simulate,
     timing_flag,
 )
 
@@ -204,7 +200,9 @@ def test_explanation_is_carried_when_given() -> None:
     assert alert.explanation == why
 
 
-# --- admission: dedup on event time and rate limits, as tables -------------------------------
+# --- admission: dedup on event time and rate limits, as tables --------------------------------
+# Of the reference model (tests/admission_model.py); tests/test_triage.py runs the same
+# sequences through the Lua script on a real Redis.
 
 H = 3_600_000
 WINDOW = 72 * H
@@ -258,6 +256,9 @@ POLICY_SEQUENCES = [
     ("rate limit holds, urgent passes", [c(1, 0, ep="a"), c(2, 0, ep="b"), c(3, 0, ep="c"),
                                           c(4, 0, ep="d", prio=Priority.URGENT)], 2, (),
      [(A, 1, False), (A, 2, False), (HELD, 3, False), (A, 4, False)]),
+    ("an urgent update releases a held alert and takes a place", [
+        c(1, 0, ep="a"), c(2, 0, ep="b"), c(3, 1, 0.95, ep="b", prio=Priority.URGENT), c(4, 0, ep="c")], 1, (),
+     [(A, 1, False), (HELD, 2, False), (U, 2, False), (HELD, 4, False)]),
 ]
 
 
