@@ -27,6 +27,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import workers.app as app_module
 from schemas.codec import EncodeError, Limits, decode_alert, decode_deadletter, decode_verdict
 from schemas.messages import Alert, DeadLetterReason, ModelRef, Priority, Quality, QualityStatus, Verdict
 from tests.triage_factory import T0, make_alert
@@ -103,7 +104,7 @@ class FakeTriage:
         self._enter("recorded_outcomes")
         return [self.outcomes.get(k) for k in keys]
 
-    async def add_alerts(self, alerts: Sequence[Alert]) -> list[Admitted]:
+    async def add_alerts(self, alerts: Sequence[Alert], waveforms: Any = None) -> list[Admitted]:
         self._enter("add_alerts")
         for a in alerts:
             if a.alert_id in self.poison:
@@ -153,6 +154,13 @@ class FakeScreener:
                           quality=Quality(QualityStatus.PASS), scores={"ecg.afib": 0.9 if alerts else 0.1},
                           alert_ids=tuple(a.alert_id for a in alerts), timings_ms={}, processed_at=T0)
         return Outcome(msg, verdict=verdict, alerts=alerts)
+
+
+@pytest.fixture(autouse=True)
+def _no_waveforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These payloads are not ECG events, so there is no signal to keep beside an alert (the
+    waveform copy is tested end to end in tests/test_integration.py)."""
+    monkeypatch.setattr(app_module, "alert_waveforms", lambda outcomes: {})
 
 
 def msg(n: int, kind: str = "verdict", offset: int = 0, variant: int = 0) -> RawMessage:
