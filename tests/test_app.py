@@ -113,10 +113,13 @@ class FakeTriage:
         self.admitted.update((a.alert_id, a) for a in alerts)
         return out
 
-    async def record_outcomes(self, done: Sequence[tuple[str, RecordedOutcome]], ttl_s: int) -> None:
+    async def record_outcomes(self, done: Sequence[tuple[str, RecordedOutcome]], ttl_s: int,
+                              counts: dict[str, int] | None = None) -> None:
         self._enter("record_outcomes")
         for key, out in done:
             self.outcomes.setdefault(key, out)  # NX, as in Redis
+        for name, n in (counts or {}).items():
+            self.counters[name] = self.counters.get(name, 0) + n
 
     async def count(self, name: str, n: int = 1) -> None:
         self._enter("count")
@@ -140,7 +143,7 @@ class FakeScreener:
     def __init__(self) -> None:
         self.batches: list[int] = []
 
-    def screen(self, batch: Sequence[RawMessage]) -> list[Outcome]:
+    def screen(self, batch: Sequence[RawMessage], prepared: Any = None) -> list[Outcome]:
         self.batches.append(len(batch))
         docs = [orjson.loads(m.value) for m in batch]
         if any(d["kind"] == "crash" for d in docs):
