@@ -11,17 +11,20 @@ the first also as FHIR R4.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,12 +33,15 @@ from ops.ops_view import ops_view
 from ops.outputs import OutputCollector
 from ops.stack import StackInfo, embedded_stack, free_port
 from ops.triage_cmd import stats_lines
+from schemas.errors import ECGScreenError
 from schemas.messages import Alert
 from workers.fhir import alert_bundle, to_json
 from workers.settings import DEFAULT_BUNDLE, Settings, Topics, load_settings
 from workers.subscribers import Subscription, alert_line, consume
 from workers.triage import TriageStore
 from workers.triage_stats import triage_stats
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,87 @@ def demo_records(cfg: DemoConfig) -> tuple[list[Record], str]:
     return recs, "neurokit2-simulated 12-lead ECGs at 500 Hz (../shared/data not found)"
 
 
+class DemoError(ECGScreenError):
+    """The demo stopped before its summary; what it started is stopped, ``detail`` says why."""
+
+
+class _Stopped(KeyboardInterrupt):  # asyncio re-raises only KeyboardInterrupt and SystemExit from a task
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+
+
+_UNWIND = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind the stack like Ctrl-C does, so every ``with`` below them stops
+    what it started (the servers run in sessions of their own: no signal reaches them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _raise_stopped) for sig in _UNWIND}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _arun(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, but a SIGTERM/SIGHUP cancels the coroutine, so its ``finally`` blocks close
+    their Kafka clients, and then unwinds as from a synchronous step."""
+    unwinding = all(signal.getsignal(sig) is _raise_stopped for sig in _UNWIND)
+    got: list[int] = []
+
+    async def main() -> T:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+        def cancel(sig: int) -> None:
+            got.append(sig)
+            if task is not None:
+                task.cancel()
+
+        for sig in _UNWIND if unwinding else ():
+            loop.add_signal_handler(sig, cancel, sig)
+        try:
+            return await coro
+        finally:
+            for sig in _UNWIND if unwinding else ():
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if got:
+            raise _Stopped(got[0]) from None
+        raise
+    finally:
+        for sig in _UNWIND if unwinding else ():
+            signal.signal(sig, _raise_stopped)  # remove_signal_handler left the default
+
+
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, object]:
-    """Run the demo end to end; returns the summary it printed."""
+    """Run the demo end to end; returns the summary it printed.
+
+    Every way out (a signal, Ctrl-C, a worker that fails to start) stops the broker, Redis and
+    worker it started and raises :class:`DemoError`, which the CLI prints as one line.
+    """
+    try:
+        with _signals_unwind():
+            return _run_demo(cfg, say)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP as _Stopped
+        name = stop.name if isinstance(stop, _Stopped) else "SIGINT"
+        raise DemoError("demo_interrupted", f"stopped by {name}; the broker, Redis and worker it "
+                        "started are stopped") from None
+
+
+def _run_demo(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, object]:
     records, origin = demo_records(cfg)
     feed = build_feed(records, cfg.seed)
     say(f"feed: {len(feed.items)} messages ({len(feed.unique_keys)} distinct events) from {origin}")
@@ -125,10 +210,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, o
         with run_worker_process(env, cfg.state_dir / "worker.log") as worker:
             wait_ready(settings, worker, timeout_s=120)
             say("worker: ready; publishing the feed")
-            summary = asyncio.run(_exchange(settings, feed, cfg))
+            summary = _arun(_exchange(settings, feed, cfg))
             summary.update(ops_view(f"http://127.0.0.1:{settings.ops.metrics_port}"))  # before the worker stops
-        summary.update(asyncio.run(_triage_view(settings)))
-        summary.update(asyncio.run(_subscriber_view(settings)))
+        summary.update(_arun(_triage_view(settings)))
+        summary.update(_arun(_subscriber_view(settings)))
     print_summary(summary, say)
     return summary
 
@@ -182,41 +267,58 @@ class run_worker_process:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=30)  # it stops within its own 8 s shutdown deadline
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
 
 
-def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], timeout_s: float,
+               log: Path | None = None) -> None:
+    """Until the worker says it is ready; :class:`DemoError` when it exits or takes too long."""
     ready = settings.state_dir / "worker.ready"
+    log = log or settings.state_dir / "worker.log"
     deadline = time.monotonic() + timeout_s
     while not ready.exists():
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}; see {settings.state_dir / 'worker.log'}")
+            raise DemoError("worker_failed", f"the worker exited with code {proc.returncode} before it was "
+                            f"ready: {_last_error(log)} (its log: {log})")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"worker not ready after {timeout_s:.0f} s")
+            raise DemoError("worker_not_ready", f"the worker was not ready after {timeout_s:.0f} s; see {log}")
         time.sleep(0.1)
+
+
+def _last_error(log: Path) -> str:
+    """The line that says why: the CLI's one-line error, else the last critical/error log line."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    said = [ln for ln in lines if ln.startswith("ecgscreen: ")]
+    if said:
+        return said[-1].removeprefix("ecgscreen: ")
+    errors = [ln for ln in lines if '"level":"critical"' in ln or '"level":"error"' in ln]
+    return (errors or lines or ["empty log"])[-1][:300]
 
 
 async def _exchange(settings: Settings, feed: Feed, cfg: DemoConfig) -> dict[str, object]:
     from aiokafka import AIOKafkaProducer
 
-    collector = OutputCollector(settings.kafka.bootstrap, settings.kafka.topics)
-    await collector.start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
-                                max_request_size=8 * 1024 * 1024)
-    await producer.start()
     sent_at: dict[str, float] = {}
-    try:
+    async with contextlib.AsyncExitStack() as clients:
+        # Each client's stop is registered as it is made: one cut short by a signal is closed too.
+        collector = OutputCollector(settings.kafka.bootstrap, settings.kafka.topics)
+        clients.push_async_callback(collector.stop)
+        await collector.start()
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+                                    max_request_size=8 * 1024 * 1024)
+        clients.push_async_callback(producer.stop)
+        await producer.start()
         for item in feed.items:
             sent_at.setdefault(item.key, time.time())
             await producer.send_and_wait(settings.kafka.topics.events, item.payload, key=item.key.encode())
             await asyncio.sleep(1.0 / cfg.rate_per_s)
         await collector.wait_for(feed.unique_keys, cfg.timeout_s)
-    finally:
-        await producer.stop()
-        await collector.stop()
     return _account(feed, collector, sent_at)
 
 

@@ -136,11 +136,14 @@ def stack_up(state_dir: Path, topics: Sequence[str], partitions: int,
         raise StackError(f"a stack already runs from {state_dir}; run `ecgscreen stack down` first")
     kport, rport = kafka_port or free_port(), redis_port or free_port()
     broker = start_broker(kport, state_dir)
+    redis = None
     try:
         redis = start_redis(rport, state_dir)
         asyncio.run(create_topics(f"127.0.0.1:{kport}", topics, partitions))
     except BaseException:
-        _terminate(broker.pid)
+        for proc in (broker, redis):
+            if proc is not None:
+                _terminate(proc.pid)
         raise
     info = StackInfo(f"127.0.0.1:{kport}", f"redis://127.0.0.1:{rport}/0", broker.pid, redis.pid,
                      kport, rport, tuple(topics), partitions, str(state_dir))

@@ -74,6 +74,9 @@ class DeadLetterReason(StrEnum):
     NON_FINITE = "non_finite"
     EVENT_ID_CONFLICT = "event_id_conflict"
     PROCESSING_FAILED = "processing_failed"
+    # The model returned NaN or Inf for this record (e.g. an overflowing head or an fp16 engine):
+    # no score to act on, so no verdict; replay once the bundle or engine is fixed.
+    NON_FINITE_OUTPUT = "non_finite_output"
 
 
 @dataclass(frozen=True, slots=True)

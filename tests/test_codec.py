@@ -63,7 +63,7 @@ LEADS12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", 
 LEADS3 = ("I", "II", "V2")
 EVENT_ID = "evt-0001:a.b_c"
 DELETE = object()
-NOT_FROM_CODEC = {R.EVENT_ID_CONFLICT, R.PROCESSING_FAILED}
+NOT_FROM_CODEC = {R.EVENT_ID_CONFLICT, R.PROCESSING_FAILED, R.NON_FINITE_OUTPUT}
 
 
 def make_signal(n_leads: int, n_samples: int, seed: int = 0) -> np.ndarray:

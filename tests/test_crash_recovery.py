@@ -25,12 +25,16 @@ from workers.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 GROUP = "ecgscreen-crash"
+# Offsets are committed this rarely, so the kill surely finds processed, uncommitted events:
+# their redelivery is what the test must observe, not merely allow.
+COMMIT_INTERVAL_S = "30"
 
 
 @pytest.fixture
 def settings(stack: StackInfo, tmp_path: Path) -> Settings:
     return load_settings({**stack.env(), "ECGSCREEN_STATE_DIR": str(tmp_path), "ECGSCREEN_GROUP_ID": GROUP,
                           "ECGSCREEN_MAX_BATCH": "8", "ECGSCREEN_MAX_WAIT_S": "0.05",
+                          "ECGSCREEN_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S,
                           "ECGSCREEN_BUNDLE": str(tmp_path / "bundles" / "untrained-r18")})
 
 
@@ -39,7 +43,7 @@ def _spawn(settings: Settings, name: str) -> subprocess.Popen[bytes]:
     env.update({"ECGSCREEN_KAFKA_BOOTSTRAP": settings.kafka.bootstrap, "ECGSCREEN_REDIS_URL": settings.redis.url,
                 "ECGSCREEN_STATE_DIR": str(settings.state_dir), "ECGSCREEN_GROUP_ID": GROUP,
                 "ECGSCREEN_MAX_BATCH": "8", "ECGSCREEN_MAX_WAIT_S": "0.05",
-                "ECGSCREEN_BUNDLE": str(settings.bundle_path)})
+                "ECGSCREEN_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S, "ECGSCREEN_BUNDLE": str(settings.bundle_path)})
     (settings.state_dir / "worker.ready").unlink(missing_ok=True)
     with open(settings.state_dir / f"{name}.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], env=env, stdout=log,
@@ -79,8 +83,13 @@ def test_sigkill_mid_stream_loses_no_event_and_no_triage_entry_doubles(settings:
     assert set(out.outcome_count) == feed.unique_keys  # nothing lost
     for key, n in out.outcome_count.items():  # a redelivered event repeats its outcome kind, never flips it
         assert n == 1 or (key in out.verdicts) != (key in out.deadletters)
-    ids, stats = asyncio.run(_triage(settings))
-    assert len(ids) == len(set(ids)) and set(ids) == set(out.alerts)
-    assert stats.get("triage_entries_added", 0) == len(ids)
+    ids, stats = asyncio.run(_triage(settings))  # asserts one entry per (event, task)
+    assert set(ids) == set(out.alerts)
+    assert stats.get("triage_entries_added", 0) + stats.get("policy_held", 0) == len(ids)
+    # Redelivery really happened: events the first worker had finished came again and were
+    # skipped as duplicates (beyond the feed's own), or an outcome was published twice.
+    planned = sum(i.kind == "duplicate" for i in feed.items)
+    seen_twice = sum(n > 1 for n in out.outcome_count.values())
+    assert stats.get("duplicates_skipped", 0) > planned or seen_twice > 0, (stats, planned, seen_twice)
     committed, ends = asyncio.run(_offsets(settings))
     assert committed == ends

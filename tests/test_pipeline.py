@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from models.bundle import Bundle, init_untrained_bundle
+from models.bundle import Bundle, init_untrained_bundle, load_bundle, save_bundle
 from models.engine import make_engine
 from ops.feed import SignalFault, malformed_payloads, simulated_records, with_fault
-from schemas.messages import QualityStatus
+from schemas.codec import encode_deadletter
+from schemas.messages import DeadLetterReason, QualityStatus
 from workers.pipeline import RawMessage, Screener, classify
 
 
@@ -103,3 +106,42 @@ def test_bundle_input_spec_drives_preprocessing(tmp_path: Path, records) -> None
     s = Screener(bundle=b500, engine=make_engine(b500, "torch-cpu"))
     (o,) = s.screen([msg(records[0].encode())])
     assert o.verdict is not None and set(o.verdict.scores) == set(b500.task_ids)
+
+
+def overflowing_bundle(path: Path) -> Bundle:
+    """Finite head weights whose sums overflow (inf - inf): loads fine, every score is NaN."""
+    b = init_untrained_bundle(path / "untrained", base_width=8)
+    with torch.no_grad():
+        half = b.model.heads.weight.shape[1] // 2
+        b.model.heads.weight[:, :half] = 3e38
+        b.model.heads.weight[:, half:] = -3e38
+    assert torch.isfinite(b.model.heads.weight).all()
+    save_bundle(path / "overflow", b.config, b.model)
+    return load_bundle(path / "overflow")
+
+
+def test_non_finite_model_output_is_a_dead_letter_of_its_own(tmp_path: Path, records) -> None:  # type: ignore[no-untyped-def]
+    bundle = overflowing_bundle(tmp_path)
+    screener = Screener(bundle=bundle, engine=make_engine(bundle, "torch-cpu"))
+    flat = with_fault(records[1], SignalFault.ALL_FLAT)  # gated before the model: still a verdict
+    outcomes = screener.screen([msg(records[0].encode(), 0), msg(flat.encode(), 1)])
+    nan, gated = outcomes
+    assert nan.deadletter is not None and nan.deadletter.reason is DeadLetterReason.NON_FINITE_OUTPUT
+    assert nan.alerts == () and nan.deadletter.event_id == records[0].event_id
+    assert gated.verdict is not None and gated.verdict.quality.status is QualityStatus.REJECT
+    encode_deadletter(nan.deadletter)  # what the worker publishes encodes
+
+
+def test_a_nan_producing_bundle_gives_dead_letters_not_a_stall(tmp_path: Path, records) -> None:  # type: ignore[no-untyped-def]
+    """Issue 11's poison pill through the worker's batch loop (fake Redis and Kafka clients): it used
+    to retry the EncodeError of NaN alerts until exit 75, for ever; now each record is a dead letter."""
+    from tests.test_app import harness
+
+    bundle = overflowing_bundle(tmp_path)
+    h = harness(timeout_s=120.0, screener=Screener(bundle=bundle, engine=make_engine(bundle, "torch-cpu")))
+    started = time.monotonic()
+    h.handle([msg(r.encode(), i) for i, r in enumerate(records[:3])])
+    assert time.monotonic() - started < 30.0
+    assert h.deadletters() == dict.fromkeys([r.event_id for r in records[:3]], DeadLetterReason.NON_FINITE_OUTPUT)
+    assert h.verdicts() == [] and h.alerts() == [] and h.triage.admitted == {}
+    assert {o.kind for o in h.triage.outcomes.values()} == {"deadletter"}

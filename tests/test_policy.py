@@ -21,23 +21,19 @@ from schemas.messages import (
     TaskGroup,
     Window,
 )
+from tests.admission_model import Candidate, OpenAlert, admit, nearest_open, simulate
 from workers.policy import (
     Admission,
     AlertFlag,
-    Candidate,
     Ineligible,
-    OpenAlert,
     PolicyConfig,
     SitePolicy,
-    admit,
     alert_id,
     decide_alerts,
     dedup_time_ms,
     eligibility,
     expected_ppv,
-    nearest_open,
     priority,
-    simulate,
     timing_flag,
 )
 
@@ -92,6 +88,13 @@ def test_alerts_only_at_or_above_threshold() -> None:
     alerts = decide_alerts(event(), PASS, scores, [AFIB, MI, LVEF, NORM], TRAINED, NOW)
     assert sorted(a.task.id for a in alerts) == ["ecg.afib", "echo.lvef_le_40"]
     assert all(a.flags == () for a in alerts)
+
+
+def test_a_nan_score_never_alerts() -> None:
+    """`score < thr` is False for NaN, so a NaN used to alert on every task (the screener also
+    dead-letters such records, see test_pipeline; this is the policy's own guard)."""
+    alerts = decide_alerts(event(), PASS, {"ecg.afib": float("nan"), "ecg.mi": 0.9}, [AFIB, MI], TRAINED, NOW)
+    assert [a.task.id for a in alerts] == ["ecg.mi"]
 
 
 def test_alert_carries_what_triage_needs() -> None:
@@ -197,7 +200,9 @@ def test_explanation_is_carried_when_given() -> None:
     assert alert.explanation == why
 
 
-# --- admission: dedup on event time and rate limits, as tables -------------------------------
+# --- admission: dedup on event time and rate limits, as tables --------------------------------
+# Of the reference model (tests/admission_model.py); tests/test_triage.py runs the same
+# sequences through the Lua script on a real Redis.
 
 H = 3_600_000
 WINDOW = 72 * H
@@ -251,6 +256,9 @@ POLICY_SEQUENCES = [
     ("rate limit holds, urgent passes", [c(1, 0, ep="a"), c(2, 0, ep="b"), c(3, 0, ep="c"),
                                           c(4, 0, ep="d", prio=Priority.URGENT)], 2, (),
      [(A, 1, False), (A, 2, False), (HELD, 3, False), (A, 4, False)]),
+    ("an urgent update releases a held alert and takes a place", [
+        c(1, 0, ep="a"), c(2, 0, ep="b"), c(3, 1, 0.95, ep="b", prio=Priority.URGENT), c(4, 0, ep="c")], 1, (),
+     [(A, 1, False), (HELD, 2, False), (U, 2, False), (HELD, 4, False)]),
 ]
 
 

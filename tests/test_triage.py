@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from schemas.messages import Alert, Priority
+from tests.admission_model import Candidate, simulate
 from tests.test_policy import POLICY_SEQUENCES, WINDOW
 from tests.triage_factory import make_alert, new_prefix, store
-from workers.policy import Admission, Candidate, PolicyConfig, SitePolicy, simulate
+from workers.policy import Admission, PolicyConfig, SitePolicy
 from workers.triage import (
     AlertNotFound,
     AlreadyResolved,
@@ -95,7 +96,7 @@ def _alert_for(cand: Candidate) -> Alert:
                          [s for s in POLICY_SEQUENCES if not s[3]], ids=[s[0] for s in POLICY_SEQUENCES if not s[3]])
 def test_lua_admission_matches_the_policy_table(redis_url: str, name: str, cands: list[Candidate],
                                                 limit: int | None, resolved: object, expected: object) -> None:
-    """Each sequence, then its replay, through Redis: the same decisions as workers.policy.simulate."""
+    """Each sequence, then its replay, through Redis: the same decisions as the reference model."""
     policy = PolicyConfig(dedup_window_s=WINDOW / 1000, max_alerts_per_hour=limit)
     alerts = [_alert_for(c) for c in cands] * 2
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from schemas.errors import ConfigError
+from schemas.messages import Priority
 from tests.triage_factory import make_alert, new_prefix
-from workers.policy import Admission
+from workers.policy import Admission, PolicyConfig
 from workers.settings import RedisSettings, load_settings
 from workers.triage import TriagePermissionError, TriageStore
 from workers.triage_acl import Role, apply_acl
@@ -72,17 +74,39 @@ def test_worker_cannot_resolve_with_a_handwritten_script(redis_url: str, users: 
     """ACLs bind inside Lua: a worker cannot write review state however it tries."""
     prefix, names = users
 
-    async def go() -> str:
+    async def go() -> None:
         r = aioredis.Redis.from_url(redis_url, username=names[Role.WORKER], password="pw-" + prefix)
         try:
             await r.eval("return redis.call('HSET', KEYS[1], 'status', 'resolved')", 1, f"{prefix}:state:al_0001")
-            return "written"
-        except Exception as exc:
-            return type(exc).__name__
         finally:
             await r.aclose()
 
-    assert asyncio.run(go()) in {"NoPermissionError", "ResponseError"}
+    # An ACL refusal, not any error (a typo in the script would raise a plain ResponseError).
+    with pytest.raises(NoPermissionError):  # redis-py's class for a NOPERM reply
+        asyncio.run(go())
+
+
+def test_worker_may_release_a_held_alert_made_urgent_but_not_drop_a_listed_one(
+        redis_url: str, users: tuple[str, dict[Role, str]]) -> None:
+    """The worker's one ZREM (a selector on the held queue) is what the urgent-update rule needs."""
+    prefix, names = users
+    policy = PolicyConfig(max_alerts_per_hour=1)
+
+    async def go() -> tuple[Admission, list[str]]:
+        worker = TriageStore.from_url(redis_url, prefix, policy=policy, username=names[Role.WORKER],
+                                      password="pw-" + prefix)
+        raw = aioredis.Redis.from_url(redis_url, username=names[Role.WORKER], password="pw-" + prefix)
+        try:
+            await worker.add_alerts([make_alert(1), make_alert(2, patient="p", score=0.6)])
+            (upd,) = await worker.add_alerts([make_alert(3, Priority.URGENT, patient="p", score=0.99, event_h=1)])
+            with pytest.raises(NoPermissionError):
+                await raw.zrem(f"{prefix}:worklist:site-a", "al_0001")
+            return upd.admission, [a.alert_id for a in await worker.worklist("site-a")]
+        finally:
+            await worker.close()
+            await raw.aclose()
+
+    assert asyncio.run(go()) == (Admission.UPDATED, ["al_0002", "al_0001"])
 
 
 async def _refused(pending: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from datetime import UTC, datetime
 
 import orjson
@@ -16,7 +17,7 @@ import orjson
 CONTEXT_FIELDS = (
     "event_id", "alert_id", "stage", "error", "batch_size", "fresh", "duplicates", "conflicts",
     "verdicts", "deadletters", "alerts", "new_triage", "elapsed_ms", "attempt", "what", "engine",
-    "bundle", "model_sha256", "trained", "topic", "partition", "offset", "reason", "tasks",
+    "bundle", "model_sha256", "trained", "topic", "partition", "offset", "reason", "tasks", "exit_code",
     "decode_ms", "gate_ms", "preprocess_ms", "infer_ms", "explain_ms", "persist_ms", "processes",
 )
 
@@ -34,7 +35,25 @@ class JsonFormatter(logging.Formatter):
                 out[name] = record.__dict__[name]
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
+            out["exc_chain"] = exception_chain(record.exc_info[1])
         return orjson.dumps(out, default=str).decode()
+
+
+def exception_chain(exc: BaseException | None) -> list[dict[str, object]]:
+    """Each exception of the chain (``raise ... from`` and implicit context), root cause first,
+    as its type and its frames (``file:line in function``, innermost last).
+
+    Never the message or local values: exception text from numeric or parsing code can
+    quote a waveform sample or a patient field, so only where it happened is logged.
+    """
+    chain: list[dict[str, object]] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        frames = [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
+        chain.insert(0, {"type": type(exc).__name__, "frames": frames})
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return chain
 
 
 def configure_logging(level: str) -> None:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
+import faust
 import numpy as np
+from faust.worker import Worker
 
 from models.bundle import load_bundle
 from models.engine import EngineOptions, make_engine
-from workers.app import create_app
+from workers.app import EX_TEMPFAIL, BatchRunner, create_app
 from workers.health import Health, dependency_checks, start_ops_server
 from workers.logs import configure_logging
 from workers.metrics import WorkerMetrics, attach
@@ -53,14 +60,16 @@ def build_pool(settings: Settings, screener: Screener) -> PrepPool | None:
     return pool
 
 
-def run_worker(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; faust commits acked offsets on the way out.
+# SIGTERM to exit: within the 10 s a supervisor (Kubernetes, systemd) commonly waits before SIGKILL.
+SHUTDOWN_DEADLINE_S = 8.0
+
+
+def run_worker(settings: Settings, shutdown_deadline_s: float = SHUTDOWN_DEADLINE_S) -> None:
+    """Run until SIGTERM/SIGINT; faust commits acked offsets on the way out, within the deadline.
 
     /healthz answers from the start (alive while the model loads), /readyz once the
     model is loaded and the broker and Redis answer, until shutdown begins.
     """
-    from faust.worker import Worker
-
     configure_logging(settings.log_level)
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level of its datadir
     (settings.state_dir / "worker.ready").unlink(missing_ok=True)
@@ -71,11 +80,66 @@ def run_worker(settings: Settings) -> None:
                               checks, close)
     try:
         screener = build_screener(settings, metrics)
-        app = create_app(settings, screener, metrics, build_pool(settings, screener))
+        app, runner = create_app(settings, screener, metrics, build_pool(settings, screener))
         health.model_loaded = True
         attach(app, metrics, health, settings.kafka.topics.events)
-        worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+
+        def draining() -> None:
+            health.draining = True
+
+        worker = _Worker(app, runner, shutdown_deadline_s, on_stop=draining, loglevel=settings.log_level,
+                         quiet=True, redirect_stdouts=False)
         worker.execute_from_commandline()
     finally:
         if server is not None:
             server.stop()
+
+
+class _Worker(Worker):
+    """faust's worker with a bounded, safe stop.
+
+    On SIGTERM the batch in flight first becomes durable (or the runner exits 75 without ack),
+    then faust stops and commits what was acked. faust's stop is not bounded: with the broker
+    gone, aiokafka's consumer ``stop()`` waits for its coordination task, a last offset commit
+    and a LeaveGroup request, each limited only by the request timeout (about 70 s measured
+    here). A watchdog thread ends that wait at the deadline: exit 75 without committing, which
+    loses nothing (uncommitted batches are redelivered, and their recorded outcomes make the
+    repeats duplicates).
+    """
+
+    def __init__(self, app: faust.App, runner: BatchRunner, deadline_s: float,
+                 on_stop: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._runner = runner
+        self._deadline_s = deadline_s
+        self._on_stop = on_stop
+        self._stop_requested = False
+
+    def _on_sigterm(self) -> None:
+        self._request_stop(signal.SIGTERM)
+
+    def _on_sigint(self) -> None:
+        self._request_stop(signal.SIGINT)
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        log.info("stop requested", extra={"what": sig.name})
+        self._runner.stopping = True
+        self._on_stop()  # /readyz says draining from now on
+        watchdog = threading.Timer(self._deadline_s, _deadline_passed, args=(self._deadline_s,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.add_future(self._stop_when_idle(sig))
+
+    async def _stop_when_idle(self, sig: signal.Signals) -> None:
+        await self._runner.wait_idle()
+        self._schedule_shutdown(sig)
+
+
+def _deadline_passed(deadline_s: float) -> None:
+    log.critical("shutdown deadline passed; exiting without commit (uncommitted batches are redelivered)",
+                 extra={"elapsed_ms": deadline_s * 1000, "exit_code": EX_TEMPFAIL})
+    logging.shutdown()
+    os._exit(EX_TEMPFAIL)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
+
 from models.bundle import Bundle
 from models.engine import Engine
 from models.explain import explain_many
@@ -134,7 +136,12 @@ class Screener:
                 outcomes[i] = dead(messages[i], err, self.limits)
             return {}
         task_ids = self.bundle.task_ids
-        return {i: (dict(zip(task_ids, map(float, probs[k]), strict=True)), k) for k, i in enumerate(order)}
+        finite = np.asarray(np.isfinite(probs).all(axis=1))
+        for k in np.flatnonzero(~finite):  # NaN/Inf is no score: the policy must never see it
+            i = order[k]
+            outcomes[i] = dead(messages[i], _non_finite(prep.events[i].event_id), self.limits)
+        return {i: (dict(zip(task_ids, map(float, probs[k]), strict=True)), k)
+                for k, i in enumerate(order) if finite[k]}
 
     def _alerts(self, prep: Prepared, scored: dict[int, tuple[dict[str, float], int]],
                 outcomes: list[Outcome | None]) -> dict[int, list[Alert]]:
@@ -202,8 +209,9 @@ def _queue_ms(message: RawMessage, now: datetime) -> float | None:
 class ProcessingError(ECGScreenError):
     """A valid event the worker could not screen (preprocessing or model failure)."""
 
-    def __init__(self, detail: str, event_id: str | None) -> None:
-        super().__init__(DeadLetterReason.PROCESSING_FAILED.value, detail)
+    def __init__(self, detail: str, event_id: str | None,
+                 reason: DeadLetterReason = DeadLetterReason.PROCESSING_FAILED) -> None:
+        super().__init__(reason.value, detail)
         self.event_id = event_id
 
 
@@ -211,6 +219,13 @@ def _failed(stage: str, error_type: str, event_id: str | None) -> ProcessingErro
     # Log the type only: exception text from numeric code can quote signal values.
     log.error("screening stage failed", extra={"stage": stage, "event_id": event_id, "error": error_type})
     return ProcessingError(f"{stage} failed ({error_type}); replay the event once fixed", event_id)
+
+
+def _non_finite(event_id: str) -> ProcessingError:
+    log.error("model output not finite", extra={"stage": "inference", "event_id": event_id})
+    return ProcessingError("the model returned NaN or Inf for this record (an overflowing head, or a "
+                           "reduced-precision engine); replay the event once the bundle or engine is fixed",
+                           event_id, DeadLetterReason.NON_FINITE_OUTPUT)
 
 
 def classify(messages: Sequence[RawMessage], recorded: Sequence[tuple[str, str] | None],

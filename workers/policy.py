@@ -5,15 +5,15 @@ the rules can be read and tested as tables. Eligibility follows what cleared
 ECG-AI screening tools do: adults only, no result on poor signal, paced rhythms
 excluded where the task cannot be read under pacing.
 
-Two rules need state that lives in Redis (the triage store runs them in one Lua
-script per alert); their decision is :func:`admit`, a pure function the Lua
-script mirrors and :func:`simulate` replays over a sequence of alerts:
+Two rules need state that lives in Redis; the triage store's add-alert Lua script
+(:mod:`workers.triage_lua`) is their one implementation (``tests/admission_model.py``
+restates them for tests, which check it against the script on a real Redis):
 
 - dedup: at most one open alert per (site, patient, task) episode within a
   window on *event time* (``acquired_at``); a later higher score updates it;
 - rate limit: at most N alerts per site per sliding hour reach the worklist;
   the excess is HELD (kept, counted, released when the hour frees up). Urgent
-  alerts are never held.
+  alerts are never held: an update that makes a held alert urgent releases it.
 """
 
 from __future__ import annotations
@@ -257,7 +257,8 @@ def decide_alerts(
     alerts = []
     for task in tasks:
         score, thr = scores.get(task.id), threshold(task, site)
-        if score is None or score < thr or eligibility(event, quality, task, config):
+        # `not >=`: a NaN score (a failed model) never alerts, where `score < thr` would let it through.
+        if score is None or not score >= thr or eligibility(event, quality, task, config):
             continue
         prio = priority(task, score, config, thr)
         alerts.append(Alert(
@@ -278,85 +279,3 @@ def dedup_time_ms(alert: Alert) -> int:
     """The event time dedup windows are measured on; a skewed device clock falls back to arrival."""
     when = alert.created_at if AlertFlag.CLOCK_SKEW.value in alert.flags else alert.acquired_at
     return int(when.timestamp() * 1000)
-
-
-# --- admission: the decision the triage store's Lua script makes -----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OpenAlert:
-    """An alert of an episode as the add-alert script sees it."""
-
-    alert_id: str
-    anchor_ms: int  # dedup time of the event that raised it
-    score: float  # highest score so far
-    resolved: bool = False
-
-
-def nearest_open(event_ms: int, alerts: Sequence[OpenAlert], window_ms: int) -> OpenAlert | None:
-    """The unresolved alert of the episode whose anchor is nearest the event, within the window.
-
-    Late events count: an event before the anchor but within the window belongs to it too.
-    Ties go to the earlier alert (then the smaller id, as Redis orders a sorted set).
-    """
-    best: OpenAlert | None = None
-    for a in sorted(alerts, key=lambda x: (x.anchor_ms, x.alert_id)):
-        gap = abs(event_ms - a.anchor_ms)
-        if not a.resolved and gap < window_ms and (best is None or gap < abs(event_ms - best.anchor_ms)):
-            best = a
-    return best
-
-
-def admit(score: float, prio: Priority, match: OpenAlert | None, used_last_hour: int,
-          limit: int | None) -> Admission:
-    """Dedup first (an update is no new entry), then the site's rate limit."""
-    if match is not None:
-        return Admission.UPDATED if score > match.score else Admission.SUPPRESSED
-    if limit is not None and prio is not Priority.URGENT and used_last_hour >= limit:
-        return Admission.HELD
-    return Admission.ADDED
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    alert_id: str
-    episode: str
-    event_ms: int
-    score: float
-    priority: Priority = Priority.ROUTINE
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    admission: Admission
-    target: str  # the alert the candidate became or was merged into
-    replay: bool = False
-
-
-def simulate(candidates: Sequence[Candidate], window_ms: int, limit: int | None = None,
-             resolved: frozenset[str] = frozenset()) -> list[Decision]:
-    """The triage store's admission over a sequence, all within one hour: the reference model."""
-    episodes: dict[str, dict[str, OpenAlert]] = {}
-    seen: dict[str, Decision] = {}
-    used, out = 0, []
-    for c in candidates:
-        if c.alert_id in seen:
-            out.append(Decision(seen[c.alert_id].admission, seen[c.alert_id].target, replay=True))
-            continue
-        opens = episodes.setdefault(c.episode, {})
-        current = [OpenAlert(a.alert_id, a.anchor_ms, a.score, a.alert_id in resolved) for a in opens.values()]
-        match = nearest_open(c.event_ms, current, window_ms)
-        decision = _apply(c, match, admit(c.score, c.priority, match, used, limit), opens)
-        used += decision.admission is Admission.ADDED
-        seen[c.alert_id] = decision
-        out.append(decision)
-    return out
-
-
-def _apply(c: Candidate, match: OpenAlert | None, action: Admission, opens: dict[str, OpenAlert]) -> Decision:
-    if match is None:
-        opens[c.alert_id] = OpenAlert(c.alert_id, c.event_ms, c.score)
-        return Decision(action, c.alert_id)
-    if action is Admission.UPDATED:
-        opens[match.alert_id] = OpenAlert(match.alert_id, match.anchor_ms, c.score)
-    return Decision(action, match.alert_id)

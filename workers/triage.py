@@ -161,9 +161,9 @@ class TriageStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ecg", actor: str = "worker", policy: PolicyConfig | None = None,
-                 **client_kwargs: Any) -> TriageStore:
+                 idem_ttl_s: int = 30 * 24 * 3600, **client_kwargs: Any) -> TriageStore:
         user = str(client_kwargs.get("username") or "default")
-        return cls(aioredis.Redis.from_url(url, **client_kwargs), prefix, actor, policy, user=user)
+        return cls(aioredis.Redis.from_url(url, **client_kwargs), prefix, actor, policy, idem_ttl_s, user=user)
 
     @classmethod
     def from_settings(cls, redis: RedisSettings, policy: PolicyConfig | None = None,
@@ -396,7 +396,9 @@ def _item(alert_id: str, a: dict[str, str], s: dict[str, str]) -> TriageItem | N
     if "json" not in a:
         return None
     admission = Admission(a.get("admission", "added"))
-    default = Status.HELD if admission is Admission.HELD else Status.OPEN
+    # A held alert made urgent by an update was released by the worker (which writes no review state).
+    held = admission is Admission.HELD and "released_ms" not in a
+    default = Status.HELD if held else Status.OPEN
     return TriageItem(
         alert=_view(alert_id, a["json"], a["created_at"], a["priority"]),
         status=Status(s.get("status", default.value)), admission=admission, updates=int(a.get("updates", 0)),

@@ -3,8 +3,10 @@
 - worker: adds alerts (and its outcome, idempotency, dedup and rate keys, and the
   waveform of each alerting event); reads
   review state only to see whether an episode's alert was resolved. It cannot
-  write ``state`` or ``claimed`` keys and has no ZREM, so it can neither resolve,
-  claim nor drop an alert.
+  write ``state`` or ``claimed`` keys and may ZREM from the held queue only (an
+  update that makes a held alert urgent moves it to the worklist), so it can
+  neither resolve, claim nor drop an alert from the worklist. It may ZADD XX a
+  snoozed alert's wake time to now when an update makes it urgent.
 - reviewer: claims, resolves, reassigns, snoozes (``state``, the site queues and
   the audit chain); reads alerts and their waveforms but cannot write them.
 - auditor: reads everything, runs no scripts, writes nothing.
@@ -33,7 +35,7 @@ _CONNECT = ("+ping", "+hello", "+client|setinfo", "+client|setname", "+select")
 _SCRIPTS = ("+eval", "+evalsha", "+script|load", "+script|exists", "+time")
 _WORKER_WRITES = ("+hset", "+hincrby", "+zadd", "+zremrangebyscore", "+sadd", "+xadd", "+set")
 _REVIEWER_WRITES = ("+hset", "+hsetnx", "+hdel", "+zadd", "+zrem", "+zremrangebyscore", "+xadd", "+set")
-_WORKER_KEYS = ("alert:*", "idem:*", "open:*", "worklist:*", "held:*", "rate:*", "alerts:*", "audit:*",
+_WORKER_KEYS = ("alert:*", "idem:*", "open:*", "worklist:*", "held:*", "snoozed:*", "rate:*", "alerts:*", "audit:*",
                 "audithead:*", "sites", "outcome:*", "stats", "wave:*")
 _REVIEWER_KEYS = ("state:*", "worklist:*", "held:*", "claimed:*", "snoozed:*", "rate:*", "audit:*", "audithead:*")
 _REVIEWER_READS = ("alert:*", "idem:*", "alerts:*", "sites", "stats", "open:*", "wave:*")
@@ -44,7 +46,7 @@ def acl_rules(role: Role, prefix: str) -> list[str]:
     p = f"{prefix}:"
     if role is Role.WORKER:
         return ["-@all", "+@read", *_CONNECT, *_SCRIPTS, *_WORKER_WRITES,
-                *(f"~{p}{k}" for k in _WORKER_KEYS), f"%R~{p}state:*"]
+                *(f"~{p}{k}" for k in _WORKER_KEYS), f"%R~{p}state:*", f"(~{p}held:* +zrem)"]
     if role is Role.REVIEWER:
         return ["-@all", "+@read", *_CONNECT, *_SCRIPTS, *_REVIEWER_WRITES,
                 *(f"~{p}{k}" for k in _REVIEWER_KEYS), *(f"%R~{p}{k}" for k in _REVIEWER_READS)]

@@ -204,14 +204,28 @@ if action == 'updated' then
   local ak = P .. ':alert:' .. open_id
   local f = redis.call('HMGET', ak, 'band', 'priority', 'created_ms')
   local b, prio = tonumber(f[1]), f[2]
+  local became_urgent = band_new == 0 and b > 0
   if band_new < b then b, prio = band_new, ARGV[6] end
   local rank = b * 1e13 + tonumber(f[3])
   redis.call('HSET', ak, 'json', ARGV[4], 'score', ARGV[11], 'band', b, 'priority', prio, 'rank', ms(rank),
              'last_event_id', ARGV[17], 'expected_ppv', ARGV[18])
   redis.call('HINCRBY', ak, 'updates', 1)
-  for _, q in ipairs({'worklist', 'held'}) do
-    redis.call('ZADD', P .. ':' .. q .. ':' .. site, 'XX', ms(rank), open_id)
+  -- The update keeps the alert where it is, at its new rank: open in the worklist, held by the
+  -- rate limit, claimed by its reviewer (who sees the new content; the lease is untouched) or
+  -- snoozed. An update that makes it urgent overrides the rest (urgent alerts are never held):
+  -- a held one goes to the worklist now, a snoozed one wakes at the next reap (any claim or
+  -- `triage reap`), a claimed one stays with its reviewer.
+  redis.call('ZADD', P .. ':worklist:' .. site, 'XX', ms(rank), open_id)
+  local heldq = P .. ':held:' .. site
+  if became_urgent and redis.call('ZSCORE', heldq, open_id) then
+    redis.call('ZREM', heldq, open_id)
+    redis.call('ZADD', P .. ':worklist:' .. site, ms(rank), open_id)
+    redis.call('HSET', ak, 'released_ms', ms(now))
+    if limit >= 0 then redis.call('ZADD', P .. ':rate:' .. site, ms(now), open_id) end
+  else
+    redis.call('ZADD', heldq, 'XX', ms(rank), open_id)
   end
+  if became_urgent then redis.call('ZADD', P .. ':snoozed:' .. site, 'XX', ms(now), open_id) end
   audit(P, site, 'updated', open_id, ARGV[14], now, ARGV[19])
 elseif action == 'suppressed' then
   audit(P, site, 'suppressed', open_id, ARGV[14], now, ARGV[19])
@@ -240,6 +254,8 @@ else
 end
 redis.call('SET', idem, action .. '|' .. target, 'EX', tonumber(ARGV[15]))
 redis.call('HINCRBY', P .. ':stats', 'policy_' .. action, 1)
+-- Counted here, with the idempotency key, so a replay after a crash never counts it twice or not at all.
+if action == 'added' then redis.call('HINCRBY', P .. ':stats', 'triage_entries_added', 1) end
 return answer(action, target)
 """
 
