@@ -245,7 +245,7 @@ Same cross-fitting, heads refitted on the embedding of the first {c['short_secon
 |---|---|---|---|---|---|
 {rows}
 
-Context helps rhythm tasks (AF most), so a longer record could help further; PTB-XL records are all
+Halving the context costs every rhythm task a little (AF 0.02 AUROC), so a longer record could help; PTB-XL records are all
 10 s, so nothing longer can be trained or measured here. **500 Hz:** {r5['n']} records exist at 500 Hz, with
 {r5['positives'].get('ecg.afib', 0)} AF positives: too few to train or validate a 500 Hz AF model, and the
 0.5-40 Hz band the model reads is fully represented at 100 Hz (AF's cues, irregular RR intervals and
@@ -331,4 +331,7 @@ ecgscreen train compare $R/probe-100 $R/supervised-100 $R/probe-10 $R/supervised
 
 Seeds, deterministic kernels and a fixed thread count (torch float64 for the heads) make a run repeatable
 bit for bit on the same machine and torch (2.13.0 CPU); another CPU or thread count changes rounding.
+Checked for this bundle: a from-scratch `train pretrain` reproduced the previous bundle's signal encoder
+bit for bit, and `train probe` gave byte-identical `weights.safetensors` and OOF scores in two runs
+(README); `bundle.json` differs between runs only in `provenance.created`.
 """
