@@ -172,7 +172,9 @@ def target_for(cfg: ProbeConfig, task_id: str) -> ThresholdTarget:
 
 
 def calibrate_on_oof(tasks: Sequence[TaskLabel], oof: F64, y: F64, cfg: ProbeConfig) -> tuple[TaskSpec, ...]:
-    """Each task's calibration, threshold (stated target) and figures, all from the OOF logits."""
+    """Each task's calibration, threshold (stated target) and figures, all from the OOF logits; label
+    source ``ecg_statement`` (PTB-XL's statements), as every bundle v3 head must name one."""
+    tasks = [dataclasses.replace(t, spec=dataclasses.replace(t.spec, label_source="ecg_statement")) for t in tasks]
     out = []
     for j, task in enumerate(tasks):
         try:
