@@ -240,6 +240,7 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike, target: Thresh
     """The threshold on calibrated probabilities meeting ``target``; ``target.met`` False when none can.
 
     min_sensitivity: the highest threshold keeping sensitivity >= value (best specificity).
+    min_specificity: the lowest threshold keeping specificity >= value (best sensitivity).
     min_ppv: among thresholds with PPV >= value at the target prevalence, the lowest (best
     sensitivity); if none reaches it, the one with the highest PPV, flagged not met. PPV uses a
     smoothed false-positive rate, so zero false positives on validation do not mean PPV = 1.
@@ -253,6 +254,10 @@ def choose_threshold(probs: npt.ArrayLike, labels: npt.ArrayLike, target: Thresh
         ok = sens >= target.value
         i = int(np.flatnonzero(ok)[-1])  # sens is 1 at the lowest score, so ok is never empty
         met = True
+    elif target.kind == "min_specificity":
+        ok = (spec >= target.value) & (sens > 0)
+        met = bool(ok.any())
+        i = int(np.flatnonzero(ok)[0]) if met else thr.size - 1  # else the top score: the fewest false alerts
     else:
         assert target.prevalence is not None
         n_neg = int((~y).sum())

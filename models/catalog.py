@@ -25,16 +25,21 @@ _E = TaskGroup.ECG
 _ROWS: tuple[tuple[str, str, TaskGroup, float, bool, float, str], ...] = (
     # PTB-XL diagnostic superclasses
     ("ecg.norm", "Normal ECG", _E, 0.5, False, 0.44, "PTB-XL superclass NORM"),
-    ("ecg.mi", "Myocardial infarction", _E, 0.5, True, 0.25, "PTB-XL superclass MI (acute or old)"),
+    # Scored, not alerting: PTB-XL's MI is mostly old infarction, known to the treating team; the
+    # acute, actionable one is ecg.stemi. At a worklist point it would take ~4 flags per 100 ECGs.
+    ("ecg.mi", "Myocardial infarction", _E, 0.5, False, 0.25, "PTB-XL superclass MI (acute or old)"),
     ("ecg.sttc", "ST/T change", _E, 0.5, False, 0.24, "PTB-XL superclass STTC; nonspecific, no alert"),
     ("ecg.cd", "Conduction disturbance", _E, 0.5, False, 0.22, "PTB-XL superclass CD"),
     ("ecg.hyp", "Hypertrophy", _E, 0.5, False, 0.12, "PTB-XL superclass HYP"),
     # ECG diagnoses (PTB-XL SCP statements unless noted)
     ("ecg.afib", "Atrial fibrillation", _E, 0.5, True, 0.07, "anticoagulation decision; paper PRAUC 0.900"),
-    ("ecg.lvh", "Left ventricular hypertrophy (ECG criteria)", _E, 0.5, False, 0.10, "voltage criteria"),
+    ("ecg.lvh", "Left ventricular hypertrophy (ECG criteria)", _E, 0.5, True, 0.10,
+     "voltage criteria; routine: prompts blood-pressure review and echocardiography"),
     ("ecg.clbbb", "Complete left bundle branch block", _E, 0.4, True, 0.025, "new LBBB warrants work-up"),
     ("ecg.crbbb", "Complete right bundle branch block", _E, 0.5, False, 0.025, ""),
-    ("ecg.1avb", "First-degree AV block", _E, 0.5, False, 0.035, ""),
+    # Not alerting: a PR-interval measurement every ECG machine prints exactly; the probe's
+    # out-of-fold sensitivity at a worklist point is ~0.1 (see the model card).
+    ("ecg.1avb", "First-degree AV block", _E, 0.5, False, 0.035, "PR > 200 ms; read from the measured PR"),
     ("ecg.pace", "Paced rhythm", _E, 0.5, False, 0.013, "eligibility: paced ECGs are excluded"),
     ("ecg.stemi", "ST-elevation myocardial infarction", _E, 0.3, True, 0.005, "not in PTB-XL; PRAUC 0.383"),
 )

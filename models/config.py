@@ -49,8 +49,8 @@ HeadKind = Literal["linear", "zero_shot"]
 HEAD_KINDS: tuple[str, ...] = ("linear", "zero_shot")
 CalibrationMethod = Literal["none", "temperature", "platt", "isotonic"]
 CALIBRATION_METHODS: tuple[str, ...] = ("none", "temperature", "platt", "isotonic")
-TargetKind = Literal["fixed", "min_sensitivity", "min_ppv"]
-TARGET_KINDS: tuple[str, ...] = ("fixed", "min_sensitivity", "min_ppv")
+TargetKind = Literal["fixed", "min_sensitivity", "min_specificity", "min_ppv"]
+TARGET_KINDS: tuple[str, ...] = ("fixed", "min_sensitivity", "min_specificity", "min_ppv")
 TEXT_ENCODER_KINDS: tuple[str, ...] = ("transformer",)
 MAX_ISOTONIC_KNOTS = 512  # a validation set of a few thousand records gives far fewer PAV blocks
 
@@ -335,6 +335,8 @@ class ThresholdTarget:
     """The stated goal a task's threshold was chosen for.
 
     ``min_sensitivity``: the highest threshold whose validation sensitivity is >= ``value``.
+    ``min_specificity``: the lowest threshold whose validation specificity is >= ``value`` (a bound
+    on false alerts per ECG scored, which is what a worklist's reviewers feel).
     ``min_ppv``: the lowest threshold whose PPV, recomputed at ``prevalence`` (the intended
     population's, not the validation set's), is >= ``value``. ``fixed``: set by hand.
     ``met`` records whether the validation data allowed the goal to be reached.

@@ -26,18 +26,26 @@ def register(sub: Any) -> None:
     _common(pre)
     pre.add_argument("--epochs", type=int, default=None, help="override pretrain.optim.epochs")
     pre.set_defaults(func=cmd_pretrain)
-    probe = actions.add_parser("probe", help="linear heads on the frozen pre-trained encoder -> calibrated bundle")
+    probe = actions.add_parser("probe", help="linear heads on the frozen pre-trained encoder -> calibrated bundle "
+                                             "(cross-fitted over probe.oof_folds; --holdout: train/validation folds)")
     _common(probe)
     _labelled(probe)
+    probe.add_argument("--holdout", action="store_true",
+                       help="heads on the train folds, calibration on the validation folds (the comparison's probe)")
     probe.set_defaults(func=cmd_probe)
     sup = actions.add_parser("supervised", help="baseline: random-init encoder trained on the labels -> bundle")
     _common(sup)
     _labelled(sup)
     sup.set_defaults(func=cmd_supervised)
     _evaluate_parsers(actions)
-    card = actions.add_parser("card", help="attach a model card to a bundle (listed in its SHA256SUMS)")
+    card = actions.add_parser("card", help="write the model card from the run's figures into the bundle "
+                                           "(listed in its SHA256SUMS)")
     card.add_argument("bundle", type=Path)
-    card.add_argument("card", type=Path)
+    card.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"training config (default {DEFAULT_CONFIG})")
+    card.add_argument("--run-dir", type=Path, default=None, help="override run_dir (where `train probe` left "
+                                                                 "oof_scores.jsonl and crossval.json)")
+    card.add_argument("--data", type=Path, default=None, help="override data.data_dir")
+    card.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     card.set_defaults(func=cmd_card)
     from ops.echo_cmd import register_actions  # echo heads from a site's own data (issue 17)
 
@@ -141,10 +149,14 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
 
     cfg = _config(args)
     full = cfg.label_fraction >= 1.0
+    if not args.holdout:
+        if not full:
+            raise SystemExit("the cross-fitted probe uses every label; --label-fraction needs --holdout")
+        return _cv_probe(cfg, args.out)
     if not full:
         b = cfg.bundle
         cfg = dataclasses.replace(cfg, bundle=dataclasses.replace(b, name=f"{b.name}-probe{_pct(cfg)}"))
-    out = args.out or (Path(cfg.bundle.path) if full else Path(cfg.run_dir) / f"probe-{_pct(cfg)}")
+    out = args.out or Path(cfg.run_dir) / f"probe-{_pct(cfg)}"
     ckpt = Path(cfg.run_dir) / "pretrain"
     clip, meta = load_checkpoint(ckpt)
     if meta["config"] != _comparable(cfg, meta["config"]):
@@ -152,6 +164,28 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> int:
     ds, split, _, tasks = _prepare(cfg)
     result = run_probe(cfg, clip, ds, split, tasks, out, {"pretrain_checkpoint": str(ckpt)})
     print_json({**result.summary, "validation": _val_metrics(result.bundle)})
+    return 0
+
+
+def _cv_probe(cfg: Any, out: Path | None) -> int:
+    """The shipped bundle: heads cross-fitted over ``probe.oof_folds``; OOF scores and figures to run_dir."""
+    from models.train.crossval import run_cv_probe, select_cv_tasks, write_cv_outputs
+    from models.train.data import load_ptbxl, read_statements
+    from models.train.pretrain import load_checkpoint
+
+    ckpt = Path(cfg.run_dir) / "pretrain"
+    clip, meta = load_checkpoint(ckpt)
+    if meta["config"] != _comparable(cfg, meta["config"]):
+        say("warning: the config differs from the one the checkpoint was pre-trained with")
+    d, p = cfg.data, cfg.probe
+    say(f"loading {d.data_dir} folds {list(p.oof_folds)} at {d.sampling_rate_hz:g} Hz ...")
+    ds = load_ptbxl(d.data_dir, d.input_spec(), folds=p.oof_folds)
+    tasks = select_cv_tasks(ds, read_statements(Path(d.data_dir)), p.min_positives)
+    say(f"{len(ds)} records; {len(tasks)} tasks (>= {p.min_positives} positives): "
+        f"{', '.join(t.spec.id for t in tasks)}")
+    result = run_cv_probe(cfg, clip, ds, tasks, out or Path(cfg.bundle.path), {"pretrain_checkpoint": str(ckpt)})
+    files = write_cv_outputs(Path(cfg.run_dir), cfg, clip, ds, result)
+    print_json({**result.summary, **files})
     return 0
 
 
@@ -209,8 +243,9 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_card(args: argparse.Namespace, settings: Settings) -> int:
-    from models.train.card import CARD_FILE, attach_file
+    from models.train.card import write_card
 
-    sha = attach_file(args.bundle, CARD_FILE, args.card.read_bytes())
-    print_json({"bundle": str(args.bundle), "card": CARD_FILE, "sha256": sha})
+    cfg = _config(args)
+    sha = write_card(args.bundle, cfg, n_boot=args.bootstrap)
+    print_json({"bundle": str(args.bundle), "card": str(args.bundle / "MODEL_CARD.md"), "sha256": sha})
     return 0

@@ -98,6 +98,23 @@ def test_min_sensitivity_threshold_matches_theory() -> None:
     assert m.n == 40_000 and m.prevalence == pytest.approx(0.3, abs=0.01)
 
 
+def test_min_specificity_threshold_matches_theory() -> None:
+    """Negatives ~ N(-mu, 1) in logit space: the lowest threshold with specificity >= 0.99 sits at the
+    negatives' 99th percentile, and sensitivity there is P(N(mu, 1) >= it)."""
+    mu = 1.0
+    z, y = gaussian_scores(40_000, mu=mu, prevalence=0.3, seed=6)
+    op = choose_threshold(sigmoid(z), y, ThresholdTarget("min_specificity", 0.99))
+    m = op.metrics
+    assert op.target.met and m.specificity >= 0.99 and m.specificity == pytest.approx(0.99, abs=0.001)
+    z_t = np.log(op.threshold / (1 - op.threshold))
+    assert z_t == pytest.approx(-mu + norm.ppf(0.99), abs=0.03)
+    assert m.sensitivity == pytest.approx(1 - norm.cdf(z_t - mu), abs=0.01)
+    # Unreachable (every negative above every positive): flagged, at the top score.
+    hard = choose_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]),
+                            ThresholdTarget("min_specificity", 0.99))
+    assert not hard.target.met and hard.threshold == pytest.approx(0.9)
+
+
 def test_min_ppv_threshold_uses_target_prevalence() -> None:
     z, y = gaussian_scores(40_000, mu=1.5, prevalence=0.3, seed=5)
     p = sigmoid(z)

@@ -33,6 +33,7 @@ from models.train.config import (
     from_dict,
     load_config,
 )
+from models.train.crossval import cross_fit, ridge_path, run_cv_probe, select_cv_tasks, write_cv_outputs
 from models.train.data import (
     DataError,
     PTBXLSet,
@@ -194,6 +195,54 @@ def test_bundle_metrics_match_engine_and_evaluate(synthetic: tuple[Any, ...], pr
     assert out["macro"]["superclasses"]["auroc"]["value"] == pytest.approx(macro_auroc)
 
 
+def test_cv_probe_oof_scores_reproduce_the_bundle_metrics(synthetic: tuple[Any, ...], pretrained: Any,
+                                                           tmp_path: Path) -> None:
+    """Cross-fitted bundle: every figure it stores is what its OOF scores give under ``train evaluate``."""
+    cfg, ds, _, statements, _ = synthetic
+    probe = dataclasses.replace(cfg.probe, min_positives=3, context_check_tasks=("ecg.afib",))
+    cfg = dataclasses.replace(cfg, probe=probe, run_dir=str(tmp_path / "run"))
+    tasks = select_cv_tasks(ds, statements, probe.min_positives)
+    assert [t.spec.id for t in tasks][:5] == ["ecg.norm", "ecg.mi", "ecg.sttc", "ecg.cd", "ecg.hyp"]
+    assert "ecg.afib" in [t.spec.id for t in tasks]
+    result = run_cv_probe(cfg, pretrained.clip, ds, tasks, tmp_path / "b")
+    files = write_cv_outputs(Path(cfg.run_dir), cfg, pretrained.clip, ds, result)
+    rep = evaluate_bundle(tmp_path / "b", Path(cfg.data.data_dir), probe.oof_folds, n_boot=20,
+                          scores_path=Path(files["oof_scores"]))
+    bundle = load_bundle(tmp_path / "b")
+    for row, task in zip(rep["tasks"], bundle.config.tasks, strict=True):
+        assert task.metrics is not None and task.metrics.n == len(ds), task.id
+        assert row["auroc"]["value"] == pytest.approx(task.metrics.auroc, abs=1e-6), task.id
+        assert row["specificity"]["value"] == pytest.approx(task.metrics.specificity, abs=1e-6), task.id
+        assert task.target is not None and task.target.kind == "min_specificity"
+        assert task.target.value == probe.specificity_for(task.id)
+    assert 0 <= rep["alert_rate"]["per_100"] <= 100
+    cv = orjson.loads(Path(files["crossval"]).read_bytes())
+    assert [r["fold"] for r in cv["per_fold"]] == list(probe.oof_folds) and "ecg.afib" in cv["context"]["tasks"]
+    probs = make_engine(bundle).infer(ds.x[:4])
+    assert probs.shape == (4, len(tasks)) and np.isfinite(probs).all()
+
+
+def test_cross_fit_refuses_a_patient_in_two_folds(synthetic: tuple[Any, ...]) -> None:
+    cfg, ds, *_ = synthetic
+    pid = ds.patient_id.copy()
+    a, b = np.flatnonzero(ds.fold == 1)[0], np.flatnonzero(ds.fold == 2)[0]
+    pid[b] = pid[a]
+    z, y = np.random.default_rng(0).standard_normal((len(ds), 6)), np.zeros((len(ds), 1))
+    y[::3] = 1
+    with pytest.raises(DataError, match="both sides"):
+        cross_fit(z, y, dataclasses.replace(ds, patient_id=pid), tuple(range(1, 9)), cfg.probe, 0)
+
+
+def test_ridge_path_matches_the_normal_equations() -> None:
+    rng = np.random.default_rng(0)
+    z, y = rng.standard_normal((50, 4)), (rng.random((50, 2)) < 0.4).astype(float)
+    w, b = ridge_path(z, y, [0.1, 1.0])
+    zc, yc = z - z.mean(0), y - y.mean(0)
+    for g, lam in enumerate((0.1, 1.0)):
+        expect = np.linalg.solve(zc.T @ zc + 50 * lam * np.eye(4), zc.T @ yc).T
+        assert np.allclose(w[g], expect) and np.allclose(b[g], y.mean(0) - expect @ z.mean(0))
+
+
 def test_supervised_baseline_same_budget(synthetic: tuple[Any, ...], tmp_path: Path) -> None:
     cfg, ds, split, _, tasks = synthetic
     tenth = dataclasses.replace(cfg, label_fraction=0.25)
@@ -272,27 +321,44 @@ def test_config_strict_and_shipped_config_loads(tmp_path: Path) -> None:
 # --- on the real data (skipped without ../shared/data) ----------------------------------------------
 
 
-def test_real_folds_patient_disjoint_and_tasks(shared_data: Path) -> None:
-    meta = list(read_metadata(shared_data).values())
-    ds = _set([int(float(m["patient_id"])) for m in meta], [int(float(m["strat_fold"])) for m in meta])
+def _real_labels(shared_data: Path) -> PTBXLSet:
     from models.train.data import parse_codes
 
-    ds = dataclasses.replace(ds, codes=tuple(parse_codes(m["scp_codes"]) for m in meta),
-                             superclasses=tuple(frozenset(m["diagnostic_superclass"].split(";")) - {""} for m in meta))
+    meta = list(read_metadata(shared_data).values())
+    ds = _set([int(float(m["patient_id"])) for m in meta], [int(float(m["strat_fold"])) for m in meta])
+    return dataclasses.replace(ds, codes=tuple(parse_codes(m["scp_codes"]) for m in meta),
+                               superclasses=tuple(frozenset(m["diagnostic_superclass"].split(";")) - {""}
+                                                  for m in meta))
+
+
+def test_real_folds_patient_disjoint_and_tasks(shared_data: Path) -> None:
+    ds = _real_labels(shared_data)
     cfg = load_config(SHIPPED_CONFIG)
     split = make_split(ds, cfg.data.train_folds, cfg.data.val_folds)  # raises if a patient crossed
     assert (split.train.size, split.val.size) == (1333, 177)
     tasks = select_tasks(ds, split, read_statements(shared_data), cfg.data.min_train_pos, cfg.data.min_val_pos)
     assert [t.spec.id for t in tasks][:5] == ["ecg.norm", "ecg.mi", "ecg.sttc", "ecg.cd", "ecg.hyp"]
     assert "ecg.lvh" in [t.spec.id for t in tasks] and "ecg.afib" not in [t.spec.id for t in tasks]  # 7 val positives
+    # The cross-fitted rule (>= 20 positives over folds 1-8) carries AF (73), CLBBB (22), 1AVB (52), not AFLT (4).
+    cv = [t.spec.id for t in select_cv_tasks(ds, read_statements(shared_data), cfg.probe.min_positives)]
+    assert {"ecg.afib", "ecg.clbbb", "ecg.1avb", "ecg.lvh", "ecg.crbbb"} <= set(cv) and "ecg.aflt" not in cv
 
 
-def test_committed_bundle_reproduces_its_card_metrics(shared_data: Path) -> None:
+def test_committed_bundle_alerts_on_af_with_oof_operating_points(shared_data: Path) -> None:
+    """The shipped bundle: the tasks the rule selects, AF alerting, each threshold meeting its stated
+    specificity on the out-of-fold scores of all 1,510 records (as its card reports)."""
     if not (COMMITTED_BUNDLE / "bundle.json").exists():
         pytest.skip(f"no committed bundle at {COMMITTED_BUNDLE}")
     bundle = load_bundle(COMMITTED_BUNDLE)
-    rep = evaluate_bundle(COMMITTED_BUNDLE, shared_data, (8,), n_boot=10)
-    for row, task in zip(rep["tasks"], bundle.config.tasks, strict=True):
-        assert task.metrics is not None and row["n"] == task.metrics.n
-        assert row["auroc"]["value"] == pytest.approx(task.metrics.auroc, abs=1e-5), task.id
-        assert row["sensitivity"]["value"] == pytest.approx(task.metrics.sensitivity, abs=1e-6), task.id
+    cfg = load_config(SHIPPED_CONFIG)
+    expected = [t.spec.id for t in select_cv_tasks(_real_labels(shared_data), read_statements(shared_data),
+                                                   cfg.probe.min_positives)]
+    assert list(bundle.task_ids) == expected
+    assert {t.id for t in bundle.config.tasks if t.alert} == {"ecg.afib", "ecg.clbbb", "ecg.lvh"}
+    for task in bundle.config.tasks:
+        assert task.metrics is not None and task.metrics.n == 1510 and task.target is not None, task.id
+        assert task.target.kind == "min_specificity" and task.target.value == cfg.probe.specificity_for(task.id)
+        assert task.metrics.specificity >= task.target.value or not task.target.met, task.id
+    afib = bundle.config.tasks[bundle.task_ids.index("ecg.afib")]
+    assert afib.metrics is not None and afib.metrics.n_pos == 73 and afib.target is not None and afib.target.met
+    assert (COMMITTED_BUNDLE / CARD_FILE).read_text().count("`ecg.afib`") >= 2  # in the task and alerting tables

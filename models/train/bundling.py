@@ -52,13 +52,14 @@ def calibrated_tasks(tasks: Sequence[TaskLabel], val_logits: npt.NDArray[np.floa
     out = []
     for j, task in enumerate(tasks):
         try:
-            out.append(_fit_task(task.spec, val_logits[:, j], val_labels[:, j], target, cfg.probe.calibration_methods))
+            out.append(fit_task_threshold(task.spec, val_logits[:, j], val_labels[:, j], target,
+                                          cfg.probe.calibration_methods))
         except CalibrationError:  # e.g. no validation positives: nothing to calibrate or to measure
             out.append(dataclasses.replace(task.spec, calibration=None, target=None, metrics=None))
     return tuple(out)
 
 
-def _fit_task(task: TaskSpec, logits: npt.NDArray[np.float64], labels: npt.NDArray[np.float32],
+def fit_task_threshold(task: TaskSpec, logits: npt.NDArray[np.float64], labels: npt.NDArray[np.float32],
               target: ThresholdTarget, methods: Sequence[str]) -> TaskSpec:
     """``models.calibration.fit_task``, but with the threshold moved off the validation score it sits on.
 
@@ -84,11 +85,11 @@ def bundle_config(cfg: TrainConfig, tasks: Sequence[TaskSpec], *, name: str, ver
                         provenance=dict(provenance))
 
 
-def provenance(cfg: TrainConfig, method: str, **extra: str) -> dict[str, str]:
+def provenance(cfg: TrainConfig, method: str, splits: str | None = None, **extra: str) -> dict[str, str]:
     return make_provenance(
         DATA_CITATION, method=method, seed=str(cfg.seed),
-        splits=f"train folds {list(cfg.data.train_folds)}, validation folds {list(cfg.data.val_folds)}, "
-               "patient-disjoint (checked)",
+        splits=splits or f"train folds {list(cfg.data.train_folds)}, validation folds {list(cfg.data.val_folds)}, "
+                         "patient-disjoint (checked)",
         label_fraction=str(cfg.label_fraction), **extra)
 
 

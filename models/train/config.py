@@ -142,13 +142,33 @@ class ProbeConfig:
     # Strictly monotone methods only: ranking metrics (AUROC, PRAUC) then do not depend on a
     # calibration fitted on the very validation fold they are reported on.
     calibration_methods: tuple[Literal["temperature", "platt", "isotonic"], ...] = ("temperature", "platt")
-    target_sensitivity: float = 0.8
+    target_sensitivity: float = 0.8  # holdout probes (train folds -> validation folds), the comparison's
+    # The shipped bundle: heads cross-fitted over these PTB-XL folds (one probe per held-out fold),
+    # calibration and thresholds on the pooled out-of-fold scores, final heads fitted on all of them.
+    oof_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    min_positives: int = 20  # an SCP statement is carried with >= this many positives in oof_folds
+    # Worklist operating point, every task: the lowest threshold with out-of-fold specificity >= this,
+    # i.e. at most 1 false alert per 100 ECGs per alerting task.
+    target_specificity: float = 0.99
+    # Per-task exceptions (task id, specificity): atrial fibrillation gets 3 false alerts per 100 ECGs
+    # instead of 1, because a missed AF is a missed anticoagulation decision.
+    target_specificity_by_task: tuple[tuple[str, float], ...] = (("ecg.afib", 0.97),)
+    # Rhythm tasks whose out-of-fold figures are also measured on the first 5 s of each record
+    # (does context length matter?).
+    context_check_tasks: tuple[str, ...] = ("ecg.afib", "ecg.sr", "ecg.stach", "ecg.sbrad", "ecg.pvc", "ecg.pac")
 
     def __post_init__(self) -> None:
         _need(bool(self.l2_grid) and all(v >= 0 for v in self.l2_grid), "l2_grid must be non-empty, values >= 0")
         _need(self.cv_folds >= 2, "cv_folds must be >= 2")
         _need(bool(self.calibration_methods), "calibration_methods must not be empty")
         _need(0 < self.target_sensitivity < 1, "target_sensitivity must lie in (0, 1)")
+        _need(len(set(self.oof_folds)) >= 2, "oof_folds needs at least two distinct folds")
+        _need(self.min_positives >= 2, "min_positives must be >= 2")
+        _need(all(0 < v < 1 for v in (self.target_specificity, *dict(self.target_specificity_by_task).values())),
+              "target specificities must lie in (0, 1)")
+
+    def specificity_for(self, task_id: str) -> float:
+        return dict(self.target_specificity_by_task).get(task_id, self.target_specificity)
 
 
 @dataclass(frozen=True)

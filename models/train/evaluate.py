@@ -92,6 +92,7 @@ def evaluate_probs(probs: F32, y: npt.NDArray[np.bool_], bundle: Bundle, idx: np
                               "trained": bundle.config.trained, "n": len(y), "tasks": rows}
     report["macro"] = {group: {m: macro([est[t][m] for t in ids]).to_dict() for m in ("auroc", "prauc")}
                        for group, ids in _groups(bundle).items()}
+    report["alert_rate"] = alert_rate(probs, bundle, idx)
     report["_estimates"] = est
     return report
 
@@ -104,16 +105,34 @@ def _groups(bundle: Bundle) -> dict[str, list[str]]:
 def _task_row(task: Any, p: npt.NDArray[np.float64], y: npt.NDArray[np.bool_], idx: npt.NDArray[np.int64],
               est: dict[str, Estimate]) -> dict[str, Any]:
     thr = task.threshold
-    sens = estimate(lambda s, t: sensitivity(s, t, thr), p, y, idx)
-    spec = estimate(lambda s, t: specificity(s, t, thr), p, y, idx)
-    ppv = estimate(lambda s, t: ppv_at(sensitivity(s, t, thr), specificity(s, t, thr), float(t.mean())), p, y, idx)
+    # Intervals for the operating point of alerting tasks only: the rest would cost bootstrap time for
+    # figures nobody acts on (their point values are still reported).
+    ci = idx if task.alert else idx[:0]
+    sens = estimate(lambda s, t: sensitivity(s, t, thr), p, y, ci)
+    spec = estimate(lambda s, t: specificity(s, t, thr), p, y, ci)
+    ppv = estimate(lambda s, t: ppv_at(sensitivity(s, t, thr), specificity(s, t, thr), float(t.mean())), p, y, ci)
     row = {"id": task.id, "name": task.name, "n": int(y.size), "n_pos": int(y.sum()),
            "prevalence": round(float(y.mean()), 6), "auroc": est["auroc"].to_dict(), "prauc": est["prauc"].to_dict(),
            "threshold": thr, "sensitivity": sens.to_dict(), "specificity": spec.to_dict(), "ppv": ppv.to_dict()}
     if task.prevalence is not None:  # the intended population's prevalence, from the catalog
-        row["ppv_at_target_prevalence"] = {"prevalence": task.prevalence,
-                                           "value": _r(ppv_at(sens.value, spec.value, task.prevalence))}
+        at = estimate(lambda s, t: ppv_at(sensitivity(s, t, thr), specificity(s, t, thr), task.prevalence), p, y, ci)
+        row["ppv_at_target_prevalence"] = {"prevalence": task.prevalence, **at.to_dict()}
+    row["flagged_per_100"] = round(100 * float((p >= thr).mean()), 3)
     return row
+
+
+def alert_rate(probs: F32, bundle: Bundle, idx: npt.NDArray[np.int64]) -> dict[str, Any]:
+    """ECGs with at least one alerting task at or above its threshold, per 100 scored (before the
+    worker's quality gate, eligibility rules and per-patient dedup, which only remove alerts)."""
+    cols = [j for j, t in enumerate(bundle.config.tasks) if t.alert]
+    thr = np.array([bundle.config.tasks[j].threshold for j in cols])
+    flagged: npt.NDArray[np.bool_] = np.zeros(len(probs), dtype=bool)
+    if cols:
+        flagged = np.asarray(np.any(probs[:, cols] >= thr, axis=1), dtype=bool)
+    reps = 100 * flagged[idx].mean(1)
+    lo, hi = np.quantile(reps, [0.025, 0.975]) if len(reps) else (np.nan, np.nan)
+    return {"tasks": [bundle.config.tasks[j].id for j in cols], "per_100": round(100 * float(flagged.mean()), 3),
+            "ci95": [round(float(lo), 3), round(float(hi), 3)]}
 
 
 def _r(v: float) -> float | None:

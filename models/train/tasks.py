@@ -73,6 +73,11 @@ def _spec(task_id: str, code: str, statement: Statement | None, prevalence: floa
                     description=f"PTB-XL SCP statement {code}; prevalence from the PTB-XL training subset")
 
 
+def statement_task(code: str, statement: Statement | None, prevalence: float) -> TaskLabel:
+    """The task an SCP statement trains: the catalog's where it has one, else ``ecg.<code>`` (no alert)."""
+    return TaskLabel(_spec(task_id_for(code, "statement"), code, statement, prevalence), code, "statement")
+
+
 def select_tasks(ds: PTBXLSet, split: Split, statements: Mapping[str, Statement],
                  min_train_pos: int, min_val_pos: int) -> tuple[TaskLabel, ...]:
     """Superclasses first (always), then qualifying statements by descending training count."""
@@ -81,12 +86,11 @@ def select_tasks(ds: PTBXLSet, split: Split, statements: Mapping[str, Statement]
     train, val = ds.subset(split.train), ds.subset(split.val)
     counts = {c: int(labels_of(train, c, "statement").sum()) for c in sorted({c for cs in train.codes for c in cs})}
     for code in sorted(counts, key=lambda c: (-counts[c], c)):
-        task_id = task_id_for(code, "statement")
+        task = statement_task(code, statements.get(code), counts[code] / len(train))
         enough = counts[code] >= min_train_pos and labels_of(val, code, "statement").sum() >= min_val_pos
-        if enough and task_id not in taken:
-            tasks.append(TaskLabel(_spec(task_id, code, statements.get(code), counts[code] / len(train)),
-                                   code, "statement"))
-            taken.add(task_id)
+        if enough and task.spec.id not in taken:
+            tasks.append(task)
+            taken.add(task.spec.id)
     return tuple(tasks)
 
 
