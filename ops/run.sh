@@ -13,16 +13,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: this pin is a CPU build served locally; an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-# The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
+# Debian tools some tests drive: Chromium for the browser tests (Playwright's own browser download is
+# not reachable) and docker-compose for `config` on the compose files (no engine runs here).
 # Installed only when missing, and only where we may (root with apt-get); otherwise those tests skip, saying why.
-ensure_chromium() {
-  [ -x /usr/bin/chromium ] && return 0
+ensure_deb() {  # ensure_deb EXECUTABLE PACKAGE
+  [ -x "$1" ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing chromium for the browser tests (apt-get)" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "chromium could not be installed; the browser tests will skip" >&2
+    echo "installing $2 for the tests (apt-get)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null) \
+      || echo "$2 could not be installed; the tests that need it will skip" >&2
   else
-    echo "chromium is missing and this is not root with apt-get; the browser tests will skip" >&2
+    echo "$2 is missing and this is not root with apt-get; the tests that need it will skip" >&2
   fi
 }
 
@@ -33,7 +34,8 @@ case "$what" in
     ;;
   test)
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[embedded,wfdb,intake,web,dev]"
-    ensure_chromium
+    ensure_deb /usr/bin/chromium chromium
+    ensure_deb /usr/bin/docker-compose docker-compose
     .venv/bin/ruff check .
     .venv/bin/mypy schemas models workers ops
     exec .venv/bin/python -m pytest -q "$@"
