@@ -1,0 +1,186 @@
+"""Scenarios about the worker's dependencies: Redis refusing, hanging or slow; the broker lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ops.chaos.account import clean_feed, offsets, produce, wait_committed
+from ops.chaos.common import chunks, collecting, keys_of, settle
+from ops.chaos.harness import Worker
+from ops.chaos.proxy import Mode, TcpProxy
+from ops.chaos.run import Ctx
+from ops.demo import FeedItem
+from ops.outputs import OutputCollector
+from workers.settings import Settings
+
+# The worker's durable-write deadline in the Redis scenario: short, so "past the deadline" fits the suite.
+REDIS_DEADLINE_S = 20
+
+
+async def redis_faults(ctx: Ctx) -> None:
+    """Redis behind a proxy the scenario steers: refusing, blackholed, slow, then hung past the deadline."""
+    rig, res = ctx.need_rig(), ctx.result
+    proxy = TcpProxy(rig.info.redis_port, delay_s=0.25)
+    proxy.start()
+    try:
+        await _redis_phases(ctx, proxy)
+    finally:
+        proxy.close()
+    res.done = ("Redis through a loopback TCP proxy: refusing, blackholed and slow (each while events arrive, "
+                f"then healed), then blackholed past the {REDIS_DEADLINE_S} s durable-write deadline")
+
+
+async def _redis_phases(ctx: Ctx, proxy: TcpProxy) -> None:
+    rig, res = ctx.need_rig(), ctx.result
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    fault_s, per = ctx.size(8, 30), ctx.size(24, 200)
+    items = clean_feed(5 * per, ctx.cfg.seed)
+    parts = chunks(items, 5)
+    settings = rig.settings()
+    worker = rig.spawn("worker", ECGSCREEN_REDIS_URL=url)
+    await worker.wait_ready()
+    phases: dict[str, dict[str, Any]] = {}
+    async with collecting(settings) as out:
+        await produce(settings, parts[0])
+        await out.wait_for(keys_of(parts[0]), 120)
+        await wait_committed(settings)
+        for mode, part in zip((Mode.REFUSE, Mode.BLACKHOLE, Mode.SLOW), parts[1:4], strict=True):
+            phases[mode.value] = await _fault(settings, out, worker, proxy, mode, part, fault_s)
+        phases["blackhole_past_deadline"] = await _hang_past_deadline(settings, worker, proxy, parts[4])
+        successor = rig.spawn("worker-successor", ECGSCREEN_REDIS_URL=url)
+        await successor.wait_ready()
+        await settle(ctx, settings, items, out)
+    res.times = 4
+    res.figures["phases"] = phases
+    res.recovery_s = max(float(p["recovery_s"]) for p in phases.values()
+                         if p.get("recovery_s") is not None)
+    for name in ("refuse", "blackhole"):
+        p = phases[name]
+        res.check(f"{name}: no commit while Redis writes fail", not p["committed_moved"])
+        res.check(f"{name}: no outcome published while Redis fails", p["outcomes_during"] == 0)
+        res.check(f"{name}: worker reported not ready", p["not_ready_seen"])
+        res.check(f"{name}: resumed without loss after healing", p["recovery_s"] is not None)
+    res.check("slow: every event screened while Redis is slow", phases["slow"]["all_during"])
+    hung = phases["blackhole_past_deadline"]
+    res.check("hung past the deadline: clear exit (75) for the supervisor", hung["exit_code"] == 75)
+
+
+async def _fault(settings: Settings, out: OutputCollector, worker: Worker, proxy: TcpProxy, mode: Mode,
+                 part: list[FeedItem], fault_s: float) -> dict[str, Any]:
+    before, _ = await offsets(settings)
+    proxy.set_mode(mode)
+    await produce(settings, part)
+    keys = keys_of(part)
+    ready: list[bool] = []
+    moved = False
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < fault_s:
+        ready.append(worker.is_ready())
+        now, _ = await offsets(settings)
+        moved = moved or now != before
+        await asyncio.sleep(0.5)
+    during = sum(1 for k in keys if k in out.outcome_count)
+    proxy.set_mode(Mode.PASS)
+    healed = time.monotonic()
+    done = await out.wait_for(keys, 120)
+    return {"fault_s": fault_s, "outcomes_during": during, "all_during": during == len(keys),
+            "committed_moved": moved if mode is not Mode.SLOW else None, "not_ready_seen": not all(ready),
+            "worker_alive": worker.alive(), "recovery_s": round(time.monotonic() - healed, 2) if done else None}
+
+
+async def _hang_past_deadline(settings: Settings, worker: Worker, proxy: TcpProxy, part: list[FeedItem],
+                              ) -> dict[str, Any]:
+    """Redis hangs for good: the worker must give up after its deadline with exit 75, not hang."""
+    proxy.set_mode(Mode.BLACKHOLE)
+    t0 = time.monotonic()
+    await produce(settings, part)
+    bound = REDIS_DEADLINE_S * 2 + 20
+    code = await worker.wait_exit(bound)
+    took = time.monotonic() - t0
+    if code is None:
+        worker.kill_now()
+    proxy.set_mode(Mode.PASS)
+    return {"exit_code": code, "exit_s": round(took, 1), "bound_s": bound}
+
+
+async def broker_loss(ctx: Ctx) -> None:
+    """SIGKILL of Tansu (memory storage: topics and offsets gone), then an empty broker on the same port."""
+    rig, res = ctx.need_rig(), ctx.result
+    outage_s, per = ctx.size(20, 90), ctx.size(40, 300)
+    before_items, after_items = clean_feed(2 * per, ctx.cfg.seed)[:per], clean_feed(2 * per, ctx.cfg.seed)[per:]
+    settings = rig.settings()
+    worker = rig.spawn("worker")
+    await worker.wait_ready()
+    async with collecting(settings) as out:
+        await produce(settings, before_items)
+        await out.wait_for(keys_of(before_items), 120)
+        await wait_committed(settings)
+    cpu0 = _cpu_s(worker)
+    lines0 = len(worker.log_text().splitlines())
+    rig.kill_broker()
+    t0 = time.monotonic()
+    code = await worker.wait_exit(outage_s)
+    outage: dict[str, Any] = {
+        "exit_code": code, "exit_s": round(time.monotonic() - t0, 1) if code is not None else None,
+        "cpu_share": round((_cpu_s(worker, cpu0) or 0.0) / outage_s, 3) if code is None else None,
+        "log_lines_per_s": round((len(worker.log_text().splitlines()) - lines0) / outage_s, 1)}
+    await rig.restart_broker()  # empty, with the topics recreated, as `stack up` does
+    back = await _after_empty_broker(ctx, worker, after_items)
+    res.done = (f"broker SIGKILLed for {outage_s} s (Tansu keeps topics in memory: all gone), then an empty "
+                "broker with fresh topics on the same address")
+    res.times, res.events_sent = 1, 2 * per
+    res.figures.update(outage=outage, after=back)
+    res.recovery_s = back.get("recovery_s")
+    exited = code is not None
+    res.check("broker gone: exits with a non-zero code or idles (no spin: < 20% of a core)",
+              (exited and code != 0) or (outage["cpu_share"] or 0) < 0.2)
+    res.check("broker gone: log volume bounded (< 5 lines/s)", outage["log_lines_per_s"] < 5)
+    res.check("empty broker back: every new event screened", back["lost"] == 0)
+    res.notes.append(_broker_story(outage, back))
+
+
+async def _after_empty_broker(ctx: Ctx, worker: Worker, items: list[FeedItem]) -> dict[str, Any]:
+    rig = ctx.need_rig()
+    settings = rig.settings()
+    restarted = False
+    if not worker.alive():
+        worker = rig.spawn("worker-restarted")  # what the supervisor does with the exit
+        restarted = True
+    t0 = time.monotonic()
+    async with collecting(settings) as out:
+        await produce(settings, items)
+        ok = await out.wait_for(keys_of(items), ctx.size(90, 240))
+        recovery = time.monotonic() - t0
+        # A second worker generation must not skip the new topic's first events on stale offsets.
+        await worker.stop(signal.SIGTERM, timeout_s=30)
+        again = rig.spawn("worker-second")
+        await again.wait_ready()
+        committed_ok = await wait_committed(settings, timeout_s=30)
+        missing = len(keys_of(items) - set(out.outcome_count))
+    return {"still_running_when_broker_came_back": not restarted, "all_screened": ok, "lost": missing,
+            "recovery_s": round(recovery, 1) if ok else None, "offsets_committed_to_end": committed_ok}
+
+
+def _cpu_s(worker: Worker, since: float | None = None) -> float | None:
+    try:
+        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total - since if since is not None else total
+
+
+def _broker_story(outage: dict[str, Any], back: dict[str, Any]) -> str:
+    if outage["exit_code"] is not None:
+        first = f"the worker exited with code {outage['exit_code']} after {outage['exit_s']} s"
+    else:
+        first = (f"the worker kept running and retrying ({outage['cpu_share']:.0%} of a core, "
+                 f"{outage['log_lines_per_s']} log lines/s)")
+    then = ("it carried on" if back["still_running_when_broker_came_back"] else "a restarted worker took over")
+    return f"When the broker disappeared {first}; when an empty broker came back {then}: " \
+           f"{'every' if back['lost'] == 0 else 'NOT every'} new event was screened."
