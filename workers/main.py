@@ -16,6 +16,7 @@ from workers.metrics import WorkerMetrics, attach
 from workers.pipeline import Screener
 from workers.prep_pool import PoolConfig, PrepPool
 from workers.settings import Settings
+from workers.watchdog import start_watchdog
 
 log = logging.getLogger("ecgscreen.worker")
 
@@ -72,6 +73,7 @@ def run_worker(settings: Settings) -> None:
     try:
         screener = build_screener(settings, metrics)
         app = create_app(settings, screener, metrics, build_pool(settings, screener))
+        start_watchdog(settings)  # readiness follows Redis and the broker; exit 69 when the broker is gone
         health.model_loaded = True
         attach(app, metrics, health, settings.kafka.topics.events)
         worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
