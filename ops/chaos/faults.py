@@ -40,7 +40,7 @@ async def redis_faults(ctx: Ctx) -> None:
 async def _redis_phases(ctx: Ctx, proxy: TcpProxy) -> None:
     rig, res = ctx.need_rig(), ctx.result
     url = f"redis://127.0.0.1:{proxy.port}/0"
-    fault_s, per = ctx.size(8, 30), ctx.size(24, 200)
+    fault_s, per = ctx.size(6, 30), ctx.size(16, 200)
     items = clean_feed(5 * per, ctx.cfg.seed)
     parts = chunks(items, 5)
     settings = rig.settings()
@@ -74,6 +74,7 @@ async def _redis_phases(ctx: Ctx, proxy: TcpProxy) -> None:
 
 async def _fault(settings: Settings, out: OutputCollector, worker: Worker, proxy: TcpProxy, mode: Mode,
                  part: list[FeedItem], fault_s: float) -> dict[str, Any]:
+    await wait_committed(settings)  # the previous phase's last commit must not count as this one's
     before, _ = await offsets(settings)
     proxy.set_mode(mode)
     await produce(settings, part)
@@ -118,7 +119,7 @@ async def broker_loss(ctx: Ctx) -> None:
     """SIGKILL of Tansu (memory storage: topics and offsets gone), then an empty broker on the same port:
     first without topics, then with them recreated (as `ecgscreen stack up` or the platform team does)."""
     rig, res = ctx.need_rig(), ctx.result
-    outage_s, per = ctx.size(25, 60), ctx.size(40, 300)
+    outage_s, per = ctx.size(20, 60), ctx.size(24, 300)
     feed = clean_feed(2 * per, ctx.cfg.seed)
     before_items, after_items = feed[:per], feed[per:]
     settings = rig.settings()
@@ -130,7 +131,9 @@ async def broker_loss(ctx: Ctx) -> None:
         await wait_committed(settings)
     outage = await _observe(worker, rig.kill_broker, outage_s)
     await rig.restart_broker(create_topics=False)
-    empty = await _observe(rig.spawn("worker-no-topics"), lambda: None, ctx.size(15, 30))
+    starting = rig.spawn("worker-no-topics")
+    await _started(starting)  # measure the steady state, not the imports
+    empty = await _observe(starting, lambda: None, ctx.size(15, 30))
     await create_topics(rig.info.kafka_bootstrap, rig.topics.all(), rig.partitions)
     back = await _after_topics(ctx, after_items)
     res.done = (f"broker SIGKILLed for {outage_s} s (Tansu keeps topics in memory: all gone), back empty without "
@@ -145,6 +148,14 @@ async def broker_loss(ctx: Ctx) -> None:
     res.check("topics recreated: every new event screened, offsets committed", back["lost"] == 0
               and back["offsets_committed_to_end"])
     res.notes.append(_broker_story(outage, empty, back))
+
+
+async def _started(worker: Worker, timeout_s: float = 120.0) -> None:
+    """Until faust has started (the model is loaded and the consumer runs), plus a few seconds."""
+    deadline = time.monotonic() + timeout_s
+    while "[^Worker]: Starting" not in worker.log_text() and time.monotonic() < deadline and worker.alive():
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3.0)
 
 
 async def _observe(worker: Worker, fault: Callable[[], None], window_s: float) -> dict[str, Any]:

@@ -34,7 +34,7 @@ NAN_MODEL_REASONS = {"processing_failed", "non_finite_output", "non_finite_score
 async def poison(ctx: Ctx) -> None:
     """Good throughput alone, then with every poison mixed in; then a model that returns NaN."""
     rig, res = ctx.need_rig(), ctx.result
-    n = ctx.size(96, 1500)
+    n = ctx.size(64, 1500)
     good = clean_feed(3 * n, ctx.cfg.seed)
     base, mixed_good, sparse_good = good[:n], good[n:2 * n], good[2 * n:]
     poisons = catalogue(records(1, ctx.cfg.seed + 1)[0].encode(), "poison")
@@ -112,7 +112,7 @@ async def _nan_model(ctx: Ctx) -> dict[str, Any]:
     """A worker on a bundle whose scores are all NaN: each record must end, none may alert or stall."""
     rig = ctx.need_rig()
     bundle = nan_bundle(ctx.bundle, ctx.root / "nan-bundle")
-    items = clean_feed(ctx.size(24, 96), ctx.cfg.seed + 7)
+    items = clean_feed(ctx.size(16, 96), ctx.cfg.seed + 7)
     settings = rig.settings()
     worker = rig.spawn("worker-nan-model", ECGSCREEN_BUNDLE=str(bundle))
     await worker.wait_ready()

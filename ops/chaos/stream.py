@@ -20,7 +20,7 @@ EXIT_BOUND_S = 10.0
 async def kill9(ctx: Ctx) -> None:
     """SIGKILL the worker at random points of the stream; a successor takes over each time."""
     rig, res = ctx.need_rig(), ctx.result
-    kills, n = ctx.size(3, 20), ctx.size(240, 2000)
+    kills, n = ctx.size(2, 20), ctx.size(96, 2000)
     items = clean_feed(n, ctx.cfg.seed)
     settings = rig.settings()
     rng = random.Random(ctx.cfg.seed)
@@ -58,7 +58,7 @@ async def kill9(ctx: Ctx) -> None:
 async def sigterm(ctx: Ctx) -> None:
     """SIGTERM mid-batch, with the broker frozen, with Redis down: exit within 10 s, nothing lost."""
     rig, res = ctx.need_rig(), ctx.result
-    n = ctx.size(60, 300)
+    n = ctx.size(20, 300)
     settings = rig.settings()
     items = clean_feed(3 * n, ctx.cfg.seed)
     exits: dict[str, dict[str, object]] = res.figures.setdefault("exits", {})  # kept if a later step fails
@@ -103,7 +103,7 @@ async def _heal(ctx: Ctx, case: str) -> None:
 async def rebalance(ctx: Ctx) -> None:
     """3 workers on 6 partitions; members leave (SIGTERM, or SIGKILL every third time) and join."""
     rig, res = ctx.need_rig(), ctx.result
-    cycles, n = ctx.size(2, 8), ctx.size(300, 2000)
+    cycles, n = ctx.size(2, 8), ctx.size(150, 2000)
     items = clean_feed(n, ctx.cfg.seed)
     settings = rig.settings()
     rng = random.Random(ctx.cfg.seed)
@@ -133,7 +133,7 @@ async def rebalance(ctx: Ctx) -> None:
 async def replay(ctx: Ctx) -> None:
     """1,000 events delivered twice, then the topic replayed from offset 0 by a new group."""
     rig, res = ctx.need_rig(), ctx.result
-    n = ctx.size(200, 1000)
+    n = ctx.size(100, 1000)
     items = clean_feed(n, ctx.cfg.seed)
     settings = rig.settings()
     async with collecting(settings) as out:
