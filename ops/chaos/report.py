@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ops.chaos.run import load_results
 
 ORDER = ("kill9", "sigterm", "rebalance", "redis", "broker", "poison", "fuzz", "replay", "privacy", "soak")
@@ -114,7 +116,7 @@ def _figures(r: dict[str, Any]) -> list[str]:
         "privacy": ("hits", "needles", "log_bytes", "deadletters_checked"),
         "soak": ("duration_s", "rate_per_s", "rss_growth"),
     }.get(r["scenario"], ())
-    lines = [f"{k}: `{f[k]}`" for k in pick if k in f]
+    lines = [f"{k}: `{orjson.dumps(f[k]).decode()}`" for k in pick if k in f]
     if r["scenario"] == "soak" and "series" in f:
         lines.append("memory and latency over time (per tenth of the run):")
         lines.append("")

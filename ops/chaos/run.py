@@ -146,10 +146,11 @@ def run_scenario(sc: Scenario, cfg: ChaosConfig, command: str) -> Result:
         raise
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
-        result.notes.append("".join(traceback.format_exception(exc)[-3:]).strip())
+        (root / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
     finally:
         if rig is not None:
             rig.close()
+        result.done = result.done or (sc.fn.__doc__ or "").strip().splitlines()[0]
         result.duration_s = round(time.monotonic() - t0, 1)
         _write(result, cfg.results_dir)
     return result
