@@ -63,6 +63,9 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     configure_logging(settings.log_level)
+    # aiokafka logs message keys and values at DEBUG ("Sending (key=... value=...)", raw produce
+    # requests): patient refs and alert contents. Found by the fault suite's privacy canary.
+    logging.getLogger("aiokafka").setLevel(logging.INFO)
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level of its datadir
     (settings.state_dir / "worker.ready").unlink(missing_ok=True)
     metrics = WorkerMetrics()

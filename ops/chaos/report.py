@@ -106,7 +106,7 @@ def _figures(r: dict[str, Any]) -> list[str]:
     pick = {
         "kill9": ("recovery_s", "redelivered_events", "duplicates_skipped", "republished"),
         "sigterm": ("exits",),
-        "rebalance": ("leave_exit_codes", "rate_per_s"),
+        "rebalance": ("leave_exit_codes", "leave_exit_s", "rate_per_s"),
         "redis": ("phases",),
         "broker": ("outage", "empty_broker_no_topics", "after"),
         "poison": ("baseline_good_per_s", "mixed_good_per_s", "sparse_good_per_s", "good_throughput_ratio",
