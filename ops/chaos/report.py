@@ -38,6 +38,26 @@ Machine: {machine}.
 """
 
 
+FOUND = """## What the suite found beyond issue 11's list, and the fixes
+
+- **Broker loss: an endless retry loop.** With Tansu killed, the worker stayed alive,
+  did nothing and logged about 70 aiokafka connection errors a second, for ever. The
+  worker's watchdog (`workers/watchdog.py`) now exits with code 69 once no bootstrap
+  address has answered for `ECGSCREEN_BROKER_LOST_EXIT_S` (60; the scenario uses 10),
+  so the supervisor restarts it with its own backoff.
+- **Readiness ignored Redis.** While Redis refused or hung, `worker.ready` stayed in
+  place. The watchdog now removes it while Redis takes no write (a small expiring SET
+  each second) or no broker address answers, and restores it when both answer.
+- **Patient data in DEBUG logs.** At `ECGSCREEN_LOG_LEVEL=DEBUG` aiokafka logged every
+  produced message's key and value (patient refs, alert JSON) and raw produce
+  requests; the canary found them. aiokafka's logger is now capped at INFO
+  (`workers/main.py`).
+- Issue 11's findings 1 (a NaN-producing model stalled the partition) and 5 (SIGTERM
+  with the broker gone took about 70 s) were reproduced by the poison and sigterm
+  scenarios before their fixes (branch `issue-11-fixes`).
+"""
+
+
 def write_report(results_dir: Path, out: Path) -> int:
     results = _pick(load_results(results_dir))
     if not results:
@@ -45,8 +65,7 @@ def write_report(results_dir: Path, out: Path) -> int:
     runs = ", ".join(sorted({r["started_at"][:10] for r in results}))
     machines = sorted({r["machine"].split("; shared")[0] for r in results})
     lines = [HEADER.format(results=results_dir, runs=runs, machine="; ".join(machines)).rstrip(), ""]
-    lines += [*_table(results), ""]
-    lines += _details(results)
+    lines += [*_table(results), "", FOUND, *_details(results)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n")
     return len(results)
