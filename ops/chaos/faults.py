@@ -21,7 +21,7 @@ from ops.stack import create_topics
 from workers.settings import Settings
 
 # The worker's durable-write deadline in the Redis scenario: short, so "past the deadline" fits the suite.
-REDIS_DEADLINE_S = 20
+REDIS_DEADLINE_S = 12
 
 
 async def redis_faults(ctx: Ctx) -> None:
@@ -40,7 +40,7 @@ async def redis_faults(ctx: Ctx) -> None:
 async def _redis_phases(ctx: Ctx, proxy: TcpProxy) -> None:
     rig, res = ctx.need_rig(), ctx.result
     url = f"redis://127.0.0.1:{proxy.port}/0"
-    fault_s, per = ctx.size(6, 30), ctx.size(16, 200)
+    fault_s, per = ctx.size(5, 30), ctx.size(16, 200)
     items = clean_feed(5 * per, ctx.cfg.seed)
     parts = chunks(items, 5)
     settings = rig.settings()
@@ -112,14 +112,14 @@ async def _hang_past_deadline(settings: Settings, worker: Worker, proxy: TcpProx
 
 
 # The worker's broker-loss deadline in the broker scenario (production default: 60 s).
-BROKER_DEADLINE_S = 10
+BROKER_DEADLINE_S = 6
 
 
 async def broker_loss(ctx: Ctx) -> None:
     """SIGKILL of Tansu (memory storage: topics and offsets gone), then an empty broker on the same port:
     first without topics, then with them recreated (as `ecgscreen stack up` or the platform team does)."""
     rig, res = ctx.need_rig(), ctx.result
-    outage_s, per = ctx.size(20, 60), ctx.size(24, 300)
+    outage_s, per = ctx.size(15, 60), ctx.size(24, 300)
     feed = clean_feed(2 * per, ctx.cfg.seed)
     before_items, after_items = feed[:per], feed[per:]
     settings = rig.settings()
@@ -133,7 +133,7 @@ async def broker_loss(ctx: Ctx) -> None:
     await rig.restart_broker(create_topics=False)
     starting = rig.spawn("worker-no-topics")
     await _started(starting)  # measure the steady state, not the imports
-    empty = await _observe(starting, lambda: None, ctx.size(15, 30))
+    empty = await _observe(starting, lambda: None, ctx.size(8, 30))
     await create_topics(rig.info.kafka_bootstrap, rig.topics.all(), rig.partitions)
     back = await _after_topics(ctx, after_items)
     res.done = (f"broker SIGKILLed for {outage_s} s (Tansu keeps topics in memory: all gone), back empty without "

@@ -43,7 +43,7 @@ FOUND = """## What the suite found beyond issue 11's list, and the fixes
 - **Broker loss: an endless retry loop.** With Tansu killed, the worker stayed alive,
   did nothing and logged about 70 aiokafka connection errors a second, for ever. The
   worker's watchdog (`workers/watchdog.py`) now exits with code 69 once no bootstrap
-  address has answered for `ECGSCREEN_BROKER_LOST_EXIT_S` (60; the scenario uses 10),
+  address has answered for `ECGSCREEN_BROKER_LOST_EXIT_S` (60; the scenario uses 6),
   so the supervisor restarts it with its own backoff.
 - **Readiness ignored Redis.** While Redis refused or hung, `worker.ready` stayed in
   place. The watchdog now removes it while Redis takes no write (a small expiring SET

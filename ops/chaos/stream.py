@@ -115,7 +115,7 @@ async def rebalance(ctx: Ctx) -> None:
     async with collecting(settings) as out:
         feeding = asyncio.create_task(produce(settings, items, rate_per_s=rate))
         for c in range(cycles):
-            await asyncio.sleep(rng.uniform(3.0, 6.0))
+            await asyncio.sleep(rng.uniform(2.0, 4.0) if not ctx.cfg.long else rng.uniform(3.0, 8.0))
             leaving = members.pop(rng.randrange(len(members)))
             sig = signal.SIGKILL if c % 3 == 2 else signal.SIGTERM
             code, took = await leaving.stop(sig, timeout_s=30)
@@ -165,7 +165,7 @@ async def replay(ctx: Ctx) -> None:
 async def soak(ctx: Ctx) -> None:
     """A steady rate for a long while: the worker's memory and the events' latency over time."""
     rig, res = ctx.need_rig(), ctx.result
-    duration = ctx.cfg.soak_s or ctx.size(20, 1800)
+    duration = ctx.cfg.soak_s or ctx.size(15, 1800)
     rate = 4.0
     items = clean_feed(int(duration * rate), ctx.cfg.seed)
     settings = rig.settings()
