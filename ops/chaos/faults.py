@@ -40,7 +40,7 @@ async def redis_faults(ctx: Ctx) -> None:
 async def _redis_phases(ctx: Ctx, proxy: TcpProxy) -> None:
     rig, res = ctx.need_rig(), ctx.result
     url = f"redis://127.0.0.1:{proxy.port}/0"
-    fault_s, per = ctx.size(5, 30), ctx.size(16, 200)
+    fault_s, per = ctx.size(5, 8), ctx.size(16, 200)  # each < REDIS_DEADLINE_S
     items = clean_feed(5 * per, ctx.cfg.seed)
     parts = chunks(items, 5)
     settings = rig.settings()
