@@ -143,7 +143,7 @@ def hypothesis_cases(n: int, run: Callable[[bytes], None]) -> None:
 
 async def fuzz(ctx: Ctx) -> None:
     res = ctx.result
-    total = ctx.size(2_000, 100_000)
+    total = ctx.size(600, 100_000)
     found, seen = Found(), Counter[str]()
     t0 = time.monotonic()
     # Most cases are byte mutations (cheap: most fail in the parser); hostile events each cost a gate call.
