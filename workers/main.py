@@ -16,7 +16,7 @@ from workers.metrics import WorkerMetrics, attach
 from workers.pipeline import Screener
 from workers.prep_pool import PoolConfig, PrepPool
 from workers.settings import Settings
-from workers.watchdog import start_watchdog
+from workers.watchdog import BrokerWatchdog
 
 log = logging.getLogger("ecgscreen.worker")
 
@@ -76,7 +76,8 @@ def run_worker(settings: Settings) -> None:
     try:
         screener = build_screener(settings, metrics)
         app = create_app(settings, screener, metrics, build_pool(settings, screener))
-        start_watchdog(settings)  # readiness follows Redis and the broker; exit 69 when the broker is gone
+        if settings.broker_lost_exit_s > 0:  # exit 69 when the broker is gone, instead of retrying for ever
+            BrokerWatchdog(settings.kafka.bootstrap, settings.broker_lost_exit_s).start()
         health.model_loaded = True
         attach(app, metrics, health, settings.kafka.topics.events)
         worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)

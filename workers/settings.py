@@ -218,7 +218,7 @@ class Settings:
     # without acknowledging, so that the batch is redelivered instead of lost.
     durable_write_timeout_s: float = 120.0
     # How long the broker may be unreachable before the worker exits (69) for its supervisor
-    # to restart it, instead of retrying for ever; 0 turns the watchdog off.
+    # to restart it, instead of retrying for ever; 0: never.
     broker_lost_exit_s: float = 60.0
     log_level: str = "INFO"
 

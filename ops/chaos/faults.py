@@ -44,7 +44,7 @@ async def _redis_phases(ctx: Ctx, proxy: TcpProxy) -> None:
     items = clean_feed(5 * per, ctx.cfg.seed)
     parts = chunks(items, 5)
     settings = rig.settings()
-    worker = rig.spawn("worker", ECGSCREEN_REDIS_URL=url)
+    worker = rig.spawn("worker", ops=True, ECGSCREEN_REDIS_URL=url)
     await worker.wait_ready()
     phases: dict[str, dict[str, Any]] = {}
     async with collecting(settings) as out:
@@ -65,7 +65,7 @@ async def _redis_phases(ctx: Ctx, proxy: TcpProxy) -> None:
         p = phases[name]
         res.check(f"{name}: no commit while Redis writes fail", not p["committed_moved"])
         res.check(f"{name}: no outcome published while Redis fails", p["outcomes_during"] == 0)
-        res.check(f"{name}: worker reported not ready", p["not_ready_seen"])
+        res.check(f"{name}: worker reported not ready (/readyz 503)", p["not_ready_seen"])
         res.check(f"{name}: resumed without loss after healing", p["recovery_s"] is not None)
     res.check("slow: every event screened while Redis is slow", phases["slow"]["all_during"])
     hung = phases["blackhole_past_deadline"]
@@ -83,7 +83,7 @@ async def _fault(settings: Settings, out: OutputCollector, worker: Worker, proxy
     moved = False
     t0 = time.monotonic()
     while time.monotonic() - t0 < fault_s:
-        ready.append(worker.is_ready())
+        ready.append(await worker.readyz())
         now, _ = await offsets(settings)
         moved = moved or now != before
         await asyncio.sleep(0.5)

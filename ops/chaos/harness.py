@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ops.stack import StackInfo, _terminate, stack_down, stack_up, start_broker, start_redis
+from ops.stack import StackInfo, _terminate, free_port, stack_down, stack_up, start_broker, start_redis
 from ops.stack import create_topics as create
 from workers.settings import Settings, Topics, load_settings
 
@@ -42,6 +44,7 @@ class Worker:
     state_dir: Path
     log_path: Path
     started: float = field(default_factory=time.monotonic)
+    ops_port: int | None = None  # its /metrics, /healthz, /readyz server, when spawned with one
 
     @property
     def ready_marker(self) -> Path:
@@ -49,6 +52,21 @@ class Worker:
 
     def is_ready(self) -> bool:
         return self.ready_marker.exists()
+
+    async def readyz(self) -> bool:
+        """What the worker's ``/readyz`` says now (the readiness a supervisor probes)."""
+        if self.ops_port is None:
+            raise RuntimeError(f"worker {self.name} runs without its ops server")
+        url = f"http://127.0.0.1:{self.ops_port}/readyz"
+
+        def get() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return bool(r.status == 200)
+            except (urllib.error.URLError, OSError):
+                return False
+
+        return await asyncio.to_thread(get)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -159,18 +177,21 @@ class Rig:
 
     # --- workers -----------------------------------------------------------------------------
 
-    def spawn(self, name: str, **env: str) -> Worker:
+    def spawn(self, name: str, ops: bool = False, **env: str) -> Worker:
         state = self.root / "workers" / name
         state.mkdir(parents=True, exist_ok=True)
         (state / "worker.ready").unlink(missing_ok=True)
         full = {k: v for k, v in os.environ.items() if not k.startswith("ECGSCREEN_")}
+        port = free_port() if ops else None
+        if port is not None:
+            env = {**env, "ECGSCREEN_METRICS_PORT": str(port)}
         full.update({**self.base_env(), "ECGSCREEN_STATE_DIR": str(state), **env})
         log_path = self.root / f"{name}.log"
         with open(log_path, "ab") as log:
             # Own session: a Ctrl-C at the terminal reaches the suite, which stops workers in order.
             proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], env=full, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=_repo_root())
-        worker = Worker(name, proc, state, log_path)
+        worker = Worker(name, proc, state, log_path, ops_port=port)
         self.workers.append(worker)
         return worker
 

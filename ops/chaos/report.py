@@ -45,9 +45,6 @@ FOUND = """## What the suite found beyond issue 11's list, and the fixes
   worker's watchdog (`workers/watchdog.py`) now exits with code 69 once no bootstrap
   address has answered for `ECGSCREEN_BROKER_LOST_EXIT_S` (60; the scenario uses 6),
   so the supervisor restarts it with its own backoff.
-- **Readiness ignored Redis.** While Redis refused or hung, `worker.ready` stayed in
-  place. The watchdog now removes it while Redis takes no write (a small expiring SET
-  each second) or no broker address answers, and restores it when both answer.
 - **Patient data in DEBUG logs.** At `ECGSCREEN_LOG_LEVEL=DEBUG` aiokafka logged every
   produced message's key and value (patient refs, alert JSON) and raw produce
   requests; the canary found them. aiokafka's logger is now capped at INFO
