@@ -49,6 +49,14 @@ FOUND = """## What the suite found beyond issue 11's list, and the fixes
   produced message's key and value (patient refs, alert JSON) and raw produce
   requests; the canary found them. aiokafka's logger is now capped at INFO
   (`workers/main.py`).
+- **An empty Tansu re-creates the events topic with its own default.** A worker
+  started on the empty broker got ready by itself: its consumer's metadata request
+  auto-created `ecg.events` with Tansu's default partition count (4, not the 3
+  configured), which `stack up`'s topic creation then keeps. New events were all
+  screened, so nothing is lost, but the partition count is not what ops asked for.
+  Left as it is (the embedded stack serves the demo and tests; production Kafka runs
+  with `KAFKA_AUTO_CREATE_TOPICS_ENABLE: "false"` in `docker-compose.yml`); the
+  scenario's note and figures say what happened.
 - Issue 11's findings 1 (a NaN-producing model stalled the partition) and 5 (SIGTERM
   with the broker gone took about 70 s) were reproduced by the poison and sigterm
   scenarios before their fixes (branch `issue-11-fixes`).
