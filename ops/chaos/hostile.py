@@ -61,7 +61,7 @@ async def poison(ctx: Ctx) -> None:
     ratio = figures["mixed_good_per_s"] / figures["baseline_good_per_s"]
     figures.update(poison_rate=f"1 in {len(mixed) // (len(poisons) + 1)}", good_throughput_ratio=round(ratio, 2),
                    wrong_outcomes=wrong, nan_model=nan, poison_kinds=[p.kind for p in poisons])
-    codec_reasons = {r.value for r in DeadLetterReason} - {r.value for r in NOT_FROM_PAYLOAD}
+    codec_reasons = {r.value for r in DeadLetterReason} - NOT_FROM_PAYLOAD
     res.done = (f"every codec reason, 10 MiB payloads, n_samples 1e9, 200 leads, rate 0, NaN/Inf, all-zero, "
                 f"a reused id mixed into {n} good events; then a NaN-producing model")
     res.times = len(poisons) + 1 + (len(sparse) - len(sparse_good[: len(sparse)]) if sparse else 0)

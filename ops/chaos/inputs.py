@@ -19,8 +19,8 @@ from schemas.codec import LEAD_NAMES
 from schemas.messages import DeadLetterReason as R
 
 TEN_MIB = 10 * 1024 * 1024
-# Not reachable from an event's content alone: a reused id, and a model or stage failure.
-NOT_FROM_PAYLOAD = {R.EVENT_ID_CONFLICT, R.PROCESSING_FAILED}
+# Not reachable from an event's content alone: a reused id, a stage failure, a model's NaN output.
+NOT_FROM_PAYLOAD = frozenset({"event_id_conflict", "processing_failed", "non_finite_output"})
 
 
 @dataclass(frozen=True, slots=True)
