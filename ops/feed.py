@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -136,14 +137,10 @@ def simulated_records(n: int, fs: float = 500.0, seed: int = 0, bases: int = 6) 
     Simulating is slow (~1 s per 12-lead record), so a few bases are simulated
     and each record is a scaled, shifted, lightly noised variant of one of them.
     """
-    import neurokit2 as nk
-
     rng = np.random.default_rng(seed)
-    templates = []
-    for b in range(min(bases, n)):
-        df = nk.ecg_simulate(duration=10, sampling_rate=int(fs), method="multileads",
-                             heart_rate=int(rng.integers(55, 95)), random_state=seed * 100 + b)
-        templates.append(_physiological_limbs(df[list(STANDARD_LEADS)].to_numpy(np.float32).T))
+    templates = _templates(fs, seed, min(bases, n))
+    for _ in templates:
+        rng.integers(55, 95)  # the heart rate each template drew, so variants keep their stream
     start = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
     for i in range(n):
         base = templates[i % len(templates)]
@@ -154,6 +151,20 @@ def simulated_records(n: int, fs: float = 500.0, seed: int = 0, bases: int = 6) 
                      start + timedelta(minutes=i), f"sim-site-{i % 2}", fs, STANDARD_LEADS,
                      _physiological_limbs(sig), age_years=float(rng.integers(25, 90)),
                      sex=Sex.MALE if rng.random() < 0.5 else Sex.FEMALE)
+
+
+@lru_cache(maxsize=16)
+def _templates(fs: float, seed: int, bases: int) -> tuple[np.ndarray, ...]:
+    """The simulated bases, kept per process: a fault suite asks for thousands of variants."""
+    import neurokit2 as nk
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(bases):
+        df = nk.ecg_simulate(duration=10, sampling_rate=int(fs), method="multileads",
+                             heart_rate=int(rng.integers(55, 95)), random_state=seed * 100 + b)
+        out.append(_physiological_limbs(df[list(STANDARD_LEADS)].to_numpy(np.float32).T))
+    return tuple(out)
 
 
 def _physiological_limbs(x: np.ndarray) -> np.ndarray:

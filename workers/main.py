@@ -23,6 +23,7 @@ from workers.metrics import WorkerMetrics, attach
 from workers.pipeline import Screener
 from workers.prep_pool import PoolConfig, PrepPool
 from workers.settings import Settings
+from workers.watchdog import BrokerWatchdog
 
 log = logging.getLogger("ecgscreen.worker")
 
@@ -71,6 +72,9 @@ def run_worker(settings: Settings, shutdown_deadline_s: float = SHUTDOWN_DEADLIN
     model is loaded and the broker and Redis answer, until shutdown begins.
     """
     configure_logging(settings.log_level)
+    # aiokafka logs message keys and values at DEBUG ("Sending (key=... value=...)", raw produce
+    # requests): patient refs and alert contents. Found by the fault suite's privacy canary.
+    logging.getLogger("aiokafka").setLevel(logging.INFO)
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level of its datadir
     (settings.state_dir / "worker.ready").unlink(missing_ok=True)
     metrics = WorkerMetrics()
@@ -81,6 +85,8 @@ def run_worker(settings: Settings, shutdown_deadline_s: float = SHUTDOWN_DEADLIN
     try:
         screener = build_screener(settings, metrics)
         app, runner = create_app(settings, screener, metrics, build_pool(settings, screener))
+        if settings.broker_lost_exit_s > 0:  # exit 69 when the broker is gone, instead of retrying for ever
+            BrokerWatchdog(settings.kafka.bootstrap, settings.broker_lost_exit_s).start()
         health.model_loaded = True
         attach(app, metrics, health, settings.kafka.topics.events)
 

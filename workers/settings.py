@@ -217,6 +217,9 @@ class Settings:
     # How long the worker retries a durable write (Redis, Kafka) before it stops
     # without acknowledging, so that the batch is redelivered instead of lost.
     durable_write_timeout_s: float = 120.0
+    # How long the broker may be unreachable before the worker exits (69) for its supervisor
+    # to restart it, instead of retrying for ever; 0: never.
+    broker_lost_exit_s: float = 60.0
     log_level: str = "INFO"
 
     def with_overrides(self, **kwargs: object) -> Settings:
@@ -258,6 +261,10 @@ def _load(get: _Reader) -> Settings:
             "DURABLE_WRITE_TIMEOUT_S", ds.durable_write_timeout_s,
             "how long a failing Redis or Kafka write is retried before the worker exits unacknowledged (exit 75)",
             lo=1, hi=86400),
+        broker_lost_exit_s=get.number(
+            "BROKER_LOST_EXIT_S", ds.broker_lost_exit_s,
+            "how long the broker may be unreachable before the worker exits for its supervisor (exit 69; 0: never)",
+            lo=0, hi=86400),
         log_level=get.text("LOG_LEVEL", ds.log_level, "DEBUG, INFO, WARNING or ERROR").upper(),
     )
 
