@@ -188,13 +188,15 @@ def _rule_arguments(p: Any) -> None:
                         "prevalence) (default min_sensitivity=0.8)")
     p.add_argument("--prevalence", nargs="*", default=[], metavar="TASK=P",
                    help="the site's prevalence per task (default: the task catalog's literature figure)")
+    p.add_argument("--validation-calibration", action="store_true",
+                   help="keep probabilities at the validation split's prevalence (default: shift them to TASK's)")
 
 
 def _probe_settings(args: argparse.Namespace, **over: Any) -> Any:
     from models.train.echo import heads as hd
 
     try:
-        rule = hd.OperatingRule.parse(args.operating_point, args.prevalence)
+        rule = hd.OperatingRule.parse(args.operating_point, args.prevalence, not args.validation_calibration)
     except ValueError as e:
         raise SystemExit(f"--operating-point/--prevalence: {e}") from None
     return hd.ProbeSettings(rule=rule, **over)

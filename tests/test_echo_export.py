@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from models.bundle import load_bundle
-from models.calibration import ppv
+from models.calibration import apply_calibration, ppv
 from models.echo_catalog import load_echo_catalog
 from models.engine import make_engine
 from models.train.echo.ddp import fit
@@ -89,6 +89,23 @@ def test_min_ppv_threshold_at_the_catalog_prevalence_moves_exactly_at_its_bounda
     assert at(boundary) == (1.0, 0.75, True)  # met exactly at the boundary: both positives flagged
     assert at(float(np.nextafter(boundary, 1.0))) == (0.5, 1.0, True)  # just above: only score 4 qualifies
     assert at(0.99)[2] is False  # unreachable at this prevalence: flagged not met
+
+
+def test_calibration_is_shifted_to_the_task_prevalence() -> None:
+    """Validation at prevalence 1/3 (a sicker, echo-referred cohort); the catalog's 0.12 at the site."""
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(1.0, 1.0, 1000), rng.normal(-1.0, 1.0, 2000)])
+    y = np.r_[np.ones(1000), np.zeros(2000)]
+    p = load_echo_catalog().target(TASKS[0]).spec.prevalence
+    assert p == pytest.approx(0.12)
+    kept = calibrate(TASKS[0], "synthetic", z, y, ProbeSettings(rule=OperatingRule(shift_to_prevalence=False)))
+    shifted = calibrate(TASKS[0], "synthetic", z, y, ProbeSettings())
+    site = np.concatenate([rng.normal(1.0, 1.0, 1200), rng.normal(-1.0, 1.0, 8800)])  # 12% positive
+    assert apply_calibration(z, kept.calibration).mean() == pytest.approx(1 / 3, abs=0.01)
+    assert apply_calibration(site, shifted.calibration).mean() == pytest.approx(p, abs=0.01)
+    assert apply_calibration(site, kept.calibration).mean() > 0.2  # unshifted: overstated at the site
+    assert shifted.metrics == kept.metrics  # same ranking, same validation records flagged
+    assert shifted.threshold < kept.threshold
 
 
 def test_operating_rule_parsing_and_defaults() -> None:

@@ -2,8 +2,8 @@
 
 Per task, only the records whose label is known are used (a missing echo measurement is not a
 negative). The L2 strength is picked by patient-grouped cross-validation on the training split
-(``models.train.probe``), calibration and threshold on the validation split
-(``models.calibration.fit_task``), and the figures reported as held out come from the test split,
+(``models.train.probe``), calibration and threshold on the validation split (``calibrate``: the
+operating-point rule of ``OperatingRule``, at each task's site or catalog prevalence), and the figures reported as held out come from the test split,
 which nothing was fitted on. Tasks with too few positives to fit or to validate are skipped and
 named. The bundle written keeps the base bundle's encoder and heads, adds one linear head per echo
 task, and records every head's label source.
@@ -24,8 +24,25 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.bundle import Bundle, make_provenance, save_bundle
-from models.calibration import CalibrationError, auroc, average_precision, fit_task
-from models.config import BUNDLE_SCHEMA_VERSION, TARGET_KINDS, BundleConfig, LabelSource, TaskSpec, ThresholdTarget
+from models.calibration import (
+    PROB_EPS,
+    CalibrationError,
+    apply_calibration,
+    auroc,
+    average_precision,
+    choose_calibration,
+    choose_threshold,
+    sigmoid,
+)
+from models.config import (
+    BUNDLE_SCHEMA_VERSION,
+    TARGET_KINDS,
+    BundleConfig,
+    Calibration,
+    LabelSource,
+    TaskSpec,
+    ThresholdTarget,
+)
 from models.ecgclip import ECGCLIPSignalModel
 from models.echo_catalog import load_echo_catalog
 from models.train.echo.shard import ShardDataset, ShardIndex
@@ -44,11 +61,17 @@ class OperatingRule:
     site's (``prevalence``, task id -> fraction) when given, else the task catalog's literature default,
     because the linked cohort (patients sent for an echo) is far sicker than the ECGs screened.
     The prevalence used is also the head's ``TaskSpec.prevalence``, the policy's default for expected PPV.
+
+    ``shift_to_prevalence``: move the calibration from the validation split's prevalence to that one
+    (label shift: every probability's odds times site odds / validation odds, Saerens et al. 2002),
+    so a score reads as a probability among the ECGs screened, not among those sent for an echo.
+    Ranking, hence sensitivity, specificity and the records flagged on validation, is unchanged.
     """
 
     kind: str = "min_sensitivity"
     value: float = 0.8
     prevalence: tuple[tuple[str, float], ...] = ()
+    shift_to_prevalence: bool = True
 
     def __post_init__(self) -> None:
         if self.kind == "fixed" or self.kind not in TARGET_KINDS:
@@ -59,10 +82,10 @@ class OperatingRule:
                                  f"must lie in (0, 1), got {p}")
 
     @classmethod
-    def parse(cls, rule: str, prevalence: Sequence[str] = ()) -> OperatingRule:
+    def parse(cls, rule: str, prevalence: Sequence[str] = (), shift: bool = True) -> OperatingRule:
         """From the CLI: ``KIND=VALUE`` (e.g. ``min_ppv=0.2``) and ``TASK=PREVALENCE`` pairs."""
         pairs = [_pair(p) for p in (rule, *prevalence)]
-        return cls(pairs[0][0], pairs[0][1], tuple(pairs[1:]))
+        return cls(pairs[0][0], pairs[0][1], tuple(pairs[1:]), shift)
 
     def prevalence_of(self, spec: TaskSpec) -> float | None:
         return dict(self.prevalence).get(spec.id, spec.prevalence)
@@ -146,7 +169,24 @@ def calibrate(task_id: str, label_source: LabelSource, val_logits: F64, val_labe
     validation metrics (``models.calibration.fit_task``); the one path for probes and exported fits."""
     base = dataclasses.replace(load_echo_catalog().target(task_id).spec, label_source=label_source)
     spec, target = cfg.rule.apply(base)
-    return fit_task(spec, val_logits, val_labels, target, cfg.calibration_methods)
+    cal, _ = choose_calibration(val_logits, val_labels, cfg.calibration_methods)
+    if cfg.rule.shift_to_prevalence and spec.prevalence is not None:
+        cal = shift_prior(cal, _logit(spec.prevalence) - _logit(float(np.mean(val_labels))))
+    op = choose_threshold(apply_calibration(val_logits, cal), val_labels, target)  # as fit_task, shifted
+    return dataclasses.replace(spec, calibration=cal, threshold=op.threshold, target=op.target, metrics=op.metrics)
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def shift_prior(cal: Calibration, shift: float) -> Calibration:
+    """The same calibration with every probability's log-odds moved by ``shift``."""
+    if cal.method == "isotonic":
+        y = np.asarray(cal.y, dtype=np.float64)
+        moved = np.clip(sigmoid(np.log(y) - np.log1p(-y) + shift), PROB_EPS, 1 - PROB_EPS)
+        return dataclasses.replace(cal, y=tuple(float(v) for v in np.maximum.accumulate(moved)))
+    return Calibration(method="platt", temperature=cal.temperature, bias=cal.bias + shift)
 
 
 def _summary(z: F64, y: F64, part: Mapping[str, npt.NDArray[np.int64]], head: tuple[F64, float],
