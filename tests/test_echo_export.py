@@ -104,8 +104,13 @@ def test_calibration_is_shifted_to_the_task_prevalence() -> None:
     assert apply_calibration(z, kept.calibration).mean() == pytest.approx(1 / 3, abs=0.01)
     assert apply_calibration(site, shifted.calibration).mean() == pytest.approx(p, abs=0.01)
     assert apply_calibration(site, kept.calibration).mean() > 0.2  # unshifted: overstated at the site
-    assert shifted.metrics == kept.metrics  # same ranking, same validation records flagged
     assert shifted.threshold < kept.threshold
+    assert kept.metrics is not None and shifted.metrics == kept.metrics
+    for spec in (kept, shifted):  # the same validation records flagged, as the stored metrics say
+        assert spec.calibration is not None
+        flagged = apply_calibration(z, spec.calibration).astype(np.float32) >= spec.threshold
+        assert float(flagged[y == 1].mean()) == kept.metrics.sensitivity
+        assert float((~flagged[y == 0]).mean()) == kept.metrics.specificity
 
 
 def test_operating_rule_parsing_and_defaults() -> None:
@@ -116,6 +121,7 @@ def test_operating_rule_parsing_and_defaults() -> None:
     assert spec.prevalence == 0.05 and target.prevalence == 0.05 and target.value == 0.25
     spec, target = OperatingRule().apply(spec)
     assert target.kind == "min_sensitivity" and target.prevalence is None
+    assert OperatingRule.parse("min_specificity=0.95").kind == "min_specificity"  # issue 18's worklist kind
     for bad in (("min_ppv",), ("fixed=0.5",), ("min_ppv=1",), ("min_ppv=0.2", f"{TASKS[0]}=0"), ("nope=0.5",)):
         with pytest.raises(ValueError):
             OperatingRule.parse(bad[0], bad[1:])

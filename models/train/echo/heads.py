@@ -2,11 +2,11 @@
 
 Per task, only the records whose label is known are used (a missing echo measurement is not a
 negative). The L2 strength is picked by patient-grouped cross-validation on the training split
-(``models.train.probe``), calibration and threshold on the validation split (``calibrate``: the
-operating-point rule of ``OperatingRule``, at each task's site or catalog prevalence), and the figures reported as held out come from the test split,
-which nothing was fitted on. Tasks with too few positives to fit or to validate are skipped and
-named. The bundle written keeps the base bundle's encoder and heads, adds one linear head per echo
-task, and records every head's label source.
+(``models.train.probe``); calibration and threshold on the validation split (``calibrate``: the
+``OperatingRule``, at each task's site or catalog prevalence); the figures reported as held out
+come from the test split, which nothing was fitted on. Tasks with too few positives to fit or to
+validate are skipped and named. The bundle written keeps the base bundle's encoder and heads, adds
+one linear head per echo task, and records every head's label source.
 """
 
 from __future__ import annotations
@@ -24,16 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.bundle import Bundle, make_provenance, save_bundle
-from models.calibration import (
-    PROB_EPS,
-    CalibrationError,
-    apply_calibration,
-    auroc,
-    average_precision,
-    choose_calibration,
-    choose_threshold,
-    sigmoid,
-)
+from models.calibration import PROB_EPS, CalibrationError, auroc, average_precision, sigmoid
 from models.config import (
     BUNDLE_SCHEMA_VERSION,
     TARGET_KINDS,
@@ -45,6 +36,7 @@ from models.config import (
 )
 from models.ecgclip import ECGCLIPSignalModel
 from models.echo_catalog import load_echo_catalog
+from models.train.bundling import fit_task_threshold
 from models.train.echo.shard import ShardDataset, ShardIndex
 from models.train.metrics import bootstrap_indices, estimate
 from models.train.probe import Standardizer, choose_l2, fit_logistic, linear_heads
@@ -117,7 +109,7 @@ class ProbeSettings:
     l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     cv_folds: int = 4
     rule: OperatingRule = field(default_factory=OperatingRule)
-    calibration_methods: tuple[str, ...] = ("temperature", "platt")
+    calibration_methods: tuple[str, ...] = ("temperature", "platt")  # affine: the prevalence shift is exact
     seed: int = 0
 
 
@@ -166,14 +158,18 @@ def fit_one(task_id: str, z: F64, index: ShardIndex, label_source: LabelSource, 
 def calibrate(task_id: str, label_source: LabelSource, val_logits: F64, val_labels: F64,
               cfg: ProbeSettings) -> TaskSpec:
     """The catalog's spec for ``task_id`` with its label source, prevalence, calibration, threshold and
-    validation metrics (``models.calibration.fit_task``); the one path for probes and exported fits."""
+    validation metrics (``models.train.bundling.fit_task_threshold``, then the prevalence shift);
+    the one path for probes and exported fits."""
     base = dataclasses.replace(load_echo_catalog().target(task_id).spec, label_source=label_source)
     spec, target = cfg.rule.apply(base)
-    cal, _ = choose_calibration(val_logits, val_labels, cfg.calibration_methods)
-    if cfg.rule.shift_to_prevalence and spec.prevalence is not None:
-        cal = shift_prior(cal, _logit(spec.prevalence) - _logit(float(np.mean(val_labels))))
-    op = choose_threshold(apply_calibration(val_logits, cal), val_labels, target)  # as fit_task, shifted
-    return dataclasses.replace(spec, calibration=cal, threshold=op.threshold, target=op.target, metrics=op.metrics)
+    spec = fit_task_threshold(spec, val_logits, val_labels.astype(np.float32), target, cfg.calibration_methods)
+    if not cfg.rule.shift_to_prevalence or spec.prevalence is None or spec.calibration is None:
+        return spec
+    shift = _logit(spec.prevalence) - _logit(float(np.mean(val_labels)))
+    # An affine move of the logit: the threshold, half-way between two validation scores, moves with
+    # them, so every validation decision and metric stays as fitted.
+    threshold = float(np.clip(sigmoid(_logit(spec.threshold) + shift), PROB_EPS, 1 - PROB_EPS))
+    return dataclasses.replace(spec, calibration=shift_prior(spec.calibration, shift), threshold=threshold)
 
 
 def _logit(p: float) -> float:
@@ -181,11 +177,10 @@ def _logit(p: float) -> float:
 
 
 def shift_prior(cal: Calibration, shift: float) -> Calibration:
-    """The same calibration with every probability's log-odds moved by ``shift``."""
+    """The same calibration with every probability's log-odds moved by ``shift`` (temperature or Platt:
+    an exact bias; isotonic knots would not move the interpolation between them exactly, so refused)."""
     if cal.method == "isotonic":
-        y = np.asarray(cal.y, dtype=np.float64)
-        moved = np.clip(sigmoid(np.log(y) - np.log1p(-y) + shift), PROB_EPS, 1 - PROB_EPS)
-        return dataclasses.replace(cal, y=tuple(float(v) for v in np.maximum.accumulate(moved)))
+        raise ValueError("the prevalence shift needs temperature or platt calibration, not isotonic")
     return Calibration(method="platt", temperature=cal.temperature, bias=cal.bias + shift)
 
 
