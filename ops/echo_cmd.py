@@ -26,6 +26,7 @@ def register_actions(actions: Any) -> None:
     _embed_parser(actions)
     _probe_parser(actions)
     _fit_parser(actions)
+    _export_parser(actions)
 
 
 def say(msg: str) -> None:
@@ -166,8 +167,7 @@ def _probe_parser(actions: Any) -> None:
     p = actions.add_parser("echo-probe", help="calibrated linear echo heads on embeddings -> bundle with label source")
     p.add_argument("shards", type=Path)
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="base bundle (its encoder made the embeddings)")
-    p.add_argument("--label-source", required=True,
-                   choices=("echo_measurement", "echo_report", "clinical_diagnosis", "synthetic", "catalog"),
+    p.add_argument("--label-source", required=True, choices=LABEL_SOURCES,
                    help="where the labels came from; 'catalog' = each task's catalog source (real echo data)")
     p.add_argument("--tasks", nargs="*", default=None, help="task ids (default: every task in the shards)")
     p.add_argument("--planted", type=Path, default=None, help="planted.csv of a synthetic cohort: report the ceiling")
@@ -175,7 +175,31 @@ def _probe_parser(actions: Any) -> None:
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--data", default="", help="data description for the bundle's provenance")
     p.add_argument("--out", type=Path, required=True, help="bundle directory")
+    _rule_arguments(p)
     p.set_defaults(func=cmd_echo_probe)
+
+
+LABEL_SOURCES = ("echo_measurement", "echo_report", "clinical_diagnosis", "synthetic", "catalog")
+
+
+def _rule_arguments(p: Any) -> None:
+    p.add_argument("--operating-point", default="min_sensitivity=0.8", metavar="KIND=VALUE",
+                   help="threshold rule on validation: min_sensitivity=S, or min_ppv=P (PPV at each task's "
+                        "prevalence) (default min_sensitivity=0.8)")
+    p.add_argument("--prevalence", nargs="*", default=[], metavar="TASK=P",
+                   help="the site's prevalence per task (default: the task catalog's literature figure)")
+    p.add_argument("--validation-calibration", action="store_true",
+                   help="keep probabilities at the validation split's prevalence (default: shift them to TASK's)")
+
+
+def _probe_settings(args: argparse.Namespace, **over: Any) -> Any:
+    from models.train.echo import heads as hd
+
+    try:
+        rule = hd.OperatingRule.parse(args.operating_point, args.prevalence, not args.validation_calibration)
+    except ValueError as e:
+        raise SystemExit(f"--operating-point/--prevalence: {e}") from None
+    return hd.ProbeSettings(rule=rule, **over)
 
 
 def cmd_echo_probe(args: argparse.Namespace, settings: Settings) -> int:
@@ -192,9 +216,10 @@ def cmd_echo_probe(args: argparse.Namespace, settings: Settings) -> int:
     tasks = args.tasks or list(index.tasks)
     fits = []
     skipped: dict[str, str] = {}
+    probe_cfg = _probe_settings(args)
     for t in tasks:
         source = _label_source(t, args.label_source)
-        result = hd.fit_one(t, z, index, source, hd.ProbeSettings())
+        result = hd.fit_one(t, z, index, source, probe_cfg)
         if isinstance(result, str):
             skipped[t] = result
         else:
@@ -204,15 +229,18 @@ def cmd_echo_probe(args: argparse.Namespace, settings: Settings) -> int:
     synthetic = args.label_source == "synthetic"
     name = args.name or f"{base.config.name}-echo{'-synthetic' if synthetic else ''}"
     prov = {"data": args.data or str(args.shards), "method": "linear probes on the base encoder's embeddings",
-            "label_source": args.label_source, "shards": str(args.shards)}
-    if synthetic:
-        prov["warning"] = ("echo heads trained on SYNTHETIC labels: no clinical meaning; "
-                           "they alert only with ECGSCREEN_ALLOW_SYNTHETIC_LABELS")
+            "label_source": args.label_source, "shards": str(args.shards),
+            "operating_point": args.operating_point, **_synthetic_warning(synthetic)}
     sha = hd.echo_bundle(base, fits, args.out, name=name, version=args.version, provenance=prov)
     print_json({"bundle": str(args.out), "sha256": sha, "skipped": skipped,
                 "tasks": {f.spec.id: {**f.summary, "label_source": f.spec.label_source,
                                       "planted_test_auroc": _ceiling(args.planted, index, f.spec.id)} for f in fits}})
     return 0
+
+
+def _synthetic_warning(synthetic: bool) -> dict[str, str]:
+    return {"warning": "echo heads trained on SYNTHETIC labels: no clinical meaning; they alert only with "
+                       "ECGSCREEN_ALLOW_SYNTHETIC_LABELS"} if synthetic else {}
 
 
 def torch_threads_one() -> None:
@@ -297,4 +325,40 @@ def cmd_fit(args: argparse.Namespace, settings: Settings) -> int:
                    "losses": result.losses, "checkpoint": str(args.out / "checkpoint")}
         (args.out / "fit.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         print_json(summary)
+    return 0
+
+
+def _export_parser(actions: Any) -> None:
+    p = actions.add_parser("export-bundle", help="a `train fit` checkpoint -> calibrated, deployable bundle")
+    p.add_argument("checkpoint", type=Path, help="RUN/checkpoint written by train fit")
+    p.add_argument("--shards", type=Path, required=True, help="the shards it was fitted on (validation split)")
+    p.add_argument("--label-source", required=True, choices=LABEL_SOURCES,
+                   help="where the labels came from; 'catalog' = each task's catalog source (real echo data)")
+    p.add_argument("--min-val-pos", type=int, default=5, help="validation positives a head needs (default 5)")
+    p.add_argument("--name", default="ecgclip-echo-finetuned")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--data", default="", help="data description for the bundle's provenance")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory")
+    _rule_arguments(p)
+    p.set_defaults(func=cmd_export_bundle)
+
+
+def cmd_export_bundle(args: argparse.Namespace, settings: Settings) -> int:
+    from models.train.echo.export import export_bundle, read_checkpoint
+
+    torch_threads_one()
+    tasks = read_checkpoint(args.checkpoint, args.shards).tasks
+    synthetic = args.label_source == "synthetic"
+    prov = {"data": args.data or str(args.shards), "method": "encoder and heads fine-tuned by train fit",
+            "label_source": args.label_source, "shards": str(args.shards),
+            "operating_point": args.operating_point, **_synthetic_warning(synthetic)}
+    bundle, skipped = export_bundle(args.checkpoint, args.shards, args.out,
+                                    {t: _label_source(t, args.label_source) for t in tasks},
+                                    _probe_settings(args, min_val_pos=args.min_val_pos),
+                                    name=args.name, version=args.version, provenance=prov)
+    print_json({"bundle": str(args.out), "sha256": bundle.sha256, "skipped": skipped,
+                "tasks": {t.id: {"label_source": t.label_source, "threshold": t.threshold,
+                                 "target": t.target.to_dict() if t.target else None, "prevalence": t.prevalence,
+                                 "validation": t.metrics.to_dict() if t.metrics else None}
+                          for t in bundle.config.tasks}})
     return 0

@@ -6,9 +6,11 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -29,22 +31,28 @@ TINY = EncoderConfig(base_width=4, embed_dim=8)
 TASKS = ("echo.lvef_le_45", "echo.lvh_wall_ge_13mm")
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """72 records whose V5 amplitude plants one label; the other label is unknown for a third of them."""
-    root = tmp_path_factory.mktemp("shards")
+def write_test_shards(root: Path, n: int = 72, split: Callable[[int, str], str] | None = None) -> dict[str, Any]:
+    """``n`` records whose amplitude plants one label; the other label is unknown for a third of them.
+    Events in ``root/ev.jsonl``, shards in ``root/shards``; ``split(i, patient)`` (default: train below 64)."""
     rng = np.random.default_rng(0)
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    split = split or (lambda i, patient: "train" if i < 64 else split_of(patient))
     rows = []
     with open(root / "ev.jsonl", "wb") as f:
-        for i in range(72):
+        for i in range(n):
             amp = float(rng.uniform(0.5, 2.5))
             sig = (rng.normal(0, 0.05, (12, 250)) + amp * np.sin(np.linspace(0, 20, 250))).astype(np.float32)
             patient = f"p{i // 2}"
             f.write(encode_event(f"e{i}", patient, t0 + timedelta(days=i), Source("s"), 100.0, LEADS, sig) + b"\n")
-            rows.append(LinkedEcg(f"e{i}", patient, None, None, None, "train" if i < 64 else split_of(patient),
+            rows.append(LinkedEcg(f"e{i}", patient, None, None, None, split(i, patient),
                                   {TASKS[0]: float(amp > 1.5), TASKS[1]: math.nan if i % 3 == 0 else float(i % 2)}))
-    meta = write_shards([root / "ev.jsonl"], rows, TASKS, SPEC, root / "shards", shard_size=20)
+    return write_shards([root / "ev.jsonl"], rows, TASKS, SPEC, root / "shards", shard_size=20)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    meta = write_test_shards(root)
     assert meta["shards"] == [20, 20, 20, 12] and meta["records"] == 72
     return root / "shards"
 
