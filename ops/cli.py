@@ -18,7 +18,7 @@ DEFAULT_SHARED_DATA = Path("../shared/data")
 # Command groups that live beside the area they serve; each has register(subparsers).
 COMMAND_MODULES = ("ops.model_cmd", "ops.triage_cmd", "ops.alerts_cmd", "ops.train_cmd", "ops.gate_cmd",
                    "ops.ingest", "ops.web.cmd", "ops.bench_cmd",
-                   "ops.chaos.cmd")
+                   "ops.chaos.cmd", "ops.replay.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

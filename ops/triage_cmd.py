@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("triage", help="the Redis triage worklist: list, claim, resolve, audit, stats")
     actions = p.add_subparsers(metavar="ACTION")
     _add(actions, "list", "open alerts, top of each site's queue first", _list, site=True)
-    actions.choices["list"].add_argument("--queue", choices=("worklist", "held", "claimed", "snoozed"),
+    actions.choices["list"].add_argument("--queue", choices=("worklist", "held", "claimed", "snoozed", "backfill"),
                                          default="worklist")
     actions.choices["list"].add_argument("--limit", type=int, default=20)
     _add(actions, "show", "one alert with its review state", _show, alert=True)

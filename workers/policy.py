@@ -57,6 +57,8 @@ class AlertFlag(StrEnum):
     # The head was trained and validated on synthetic labels (a demonstration, not a clinical finding);
     # such heads alert only where ``PolicyConfig.allow_synthetic_labels`` is set.
     SYNTHETIC_LABELS = "synthetic_labels"
+    # Raised by `ecgscreen replay backfill`, not the live worker: it sits in the backfill review queue.
+    BACKFILL = "backfill"
 
 
 PACING_SPIKES = "pacing_spikes"  # the gate's reason code (workers.gate.QualityReason.PACING_SPIKES)
@@ -113,6 +115,10 @@ class PolicyConfig:
     # Older events still alert (a finding is a finding) but never above routine.
     max_past_s: float = 14 * 86400.0
     max_alerts_per_hour: int | None = None  # default for sites without their own limit
+    # Backfill (`ecgscreen replay backfill`, or workers on a backfill topic with ECGSCREEN_BACKFILL=1):
+    # every alert is flagged `backfill`, and the triage store puts new ones in the site's backfill
+    # review queue, outside the rate limit, so a year of history never buries today's worklist.
+    backfill: bool = False
     sites: Mapping[str, SitePolicy] = field(default_factory=dict)
     # Heads whose labels are synthetic (``TaskSpec.label_source``) never alert unless this is set
     # (ECGSCREEN_ALLOW_SYNTHETIC_LABELS): for demonstrations and shadow-mode plumbing tests only.
@@ -254,6 +260,8 @@ def decide_alerts(
     site = config.site(event.source.site)
     timing = timing_flag(event.acquired_at, now, config)
     alert_flags = flags(event, quality, model, masked, timing)
+    if config.backfill:
+        alert_flags += (AlertFlag.BACKFILL.value,)
     alerts = []
     for task in tasks:
         score, thr = scores.get(task.id), threshold(task, site)

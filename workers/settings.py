@@ -398,6 +398,8 @@ def _policy(get: _Reader) -> PolicyConfig:
         sites=site_policies(get.text("SITE_POLICY", "{}", "per-site overrides, JSON (see Alert policy)")),
         allow_synthetic_labels=get.flag("ALLOW_SYNTHETIC_LABELS", d.allow_synthetic_labels,
                                         "heads trained on synthetic labels may alert (flagged synthetic_labels)"),
+        backfill=get.flag("BACKFILL", d.backfill, "alerts flagged backfill, new ones to the backfill review queue "
+                          "(workers on a `replay backfill --via-topic` topic)"),
     )
 
 

@@ -15,6 +15,8 @@ key                          type      what                                     
                                        (dedup time); the name hashes the patient ref
 ``P:worklist:S``             zset      open alerts; score = band x 10^13 + created ms         both
 ``P:held:S``                 zset      alerts held by the site's rate limit (same score)      both
+``P:backfill:S``             zset      backfilled alerts (``ecgscreen replay backfill``), its  both
+                                       own review queue outside the rate limit (same score)
 ``P:claimed:S``              zset      claimed alerts; score = lease expiry (server ms)       reviewer
 ``P:snoozed:S``              zset      snoozed alerts; score = wake time (server ms)          reviewer
 ``P:rate:S``                 zset      alerts let through in the last hour (rate limit)       both
@@ -52,14 +54,14 @@ from schemas.errors import ECGScreenError
 from schemas.messages import Alert, Priority
 from workers import triage_lua as lua
 from workers import triage_wave
-from workers.policy import PRIORITY_BAND, Admission, PolicyConfig, dedup_time_ms, episode_key
+from workers.policy import PRIORITY_BAND, Admission, AlertFlag, PolicyConfig, dedup_time_ms, episode_key
 from workers.settings import RedisSettings
 from workers.triage_audit import AuditEntry, ChainCheck, entry_from_fields, verify_chain
 from workers.triage_stats import AlertRow, Resolution, Status
 
 _BAND_WIDTH = 10**13  # > any epoch-milliseconds value for the next few centuries
 _ACTOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-_QUEUES = ("worklist", "held", "claimed", "snoozed")
+_QUEUES = ("worklist", "held", "claimed", "snoozed", "backfill")
 
 
 class TriageError(ECGScreenError):
@@ -187,6 +189,10 @@ class TriageStore:
 
         ``waveforms`` maps event ids to their :func:`schemas.waveform.pack_waveform` blob; each is
         stored in the same pipeline, after its event's alerts, with their retention.
+
+        A new alert flagged ``backfill`` goes to the site's backfill review queue, outside the
+        rate limit, so a backfill never buries (or holds back) the live worklist; dedup against
+        the site's open alerts, idempotency and the audit trail are the same as for the worklist.
         """
         if not alerts:
             return []
@@ -211,7 +217,8 @@ class TriageStore:
                 alert.created_at.isoformat(), created_ms, dedup_time_ms(alert), repr(float(alert.score)),
                 self._policy.window_ms(alert.site), -1 if limit is None else limit, self._actor,
                 self._idem_ttl_s, alert.task.id, alert.event_id,
-                "" if alert.expected_ppv is None else repr(alert.expected_ppv), detail]
+                "" if alert.expected_ppv is None else repr(alert.expected_ppv), detail,
+                "backfill" if AlertFlag.BACKFILL.value in alert.flags else "worklist"]
 
     async def recorded_outcomes(self, event_keys: Sequence[str]) -> list[RecordedOutcome | None]:
         if not event_keys:

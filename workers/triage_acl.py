@@ -35,9 +35,10 @@ _CONNECT = ("+ping", "+hello", "+client|setinfo", "+client|setname", "+select")
 _SCRIPTS = ("+eval", "+evalsha", "+script|load", "+script|exists", "+time")
 _WORKER_WRITES = ("+hset", "+hincrby", "+zadd", "+zremrangebyscore", "+sadd", "+xadd", "+set")
 _REVIEWER_WRITES = ("+hset", "+hsetnx", "+hdel", "+zadd", "+zrem", "+zremrangebyscore", "+xadd", "+set")
-_WORKER_KEYS = ("alert:*", "idem:*", "open:*", "worklist:*", "held:*", "snoozed:*", "rate:*", "alerts:*", "audit:*",
-                "audithead:*", "sites", "outcome:*", "stats", "wave:*")
-_REVIEWER_KEYS = ("state:*", "worklist:*", "held:*", "claimed:*", "snoozed:*", "rate:*", "audit:*", "audithead:*")
+_WORKER_KEYS = ("alert:*", "idem:*", "open:*", "worklist:*", "held:*", "backfill:*", "snoozed:*", "rate:*", "alerts:*",
+                "audit:*", "audithead:*", "sites", "outcome:*", "stats", "wave:*")
+_REVIEWER_KEYS = ("state:*", "worklist:*", "held:*", "backfill:*", "claimed:*", "snoozed:*", "rate:*", "audit:*",
+                  "audithead:*")
 _REVIEWER_READS = ("alert:*", "idem:*", "alerts:*", "sites", "stats", "open:*", "wave:*")
 
 

@@ -65,7 +65,7 @@ local function sha256(msg)
 end
 
 local GENESIS = string.rep('0', 64)
-local QUEUES = {'worklist', 'claimed', 'snoozed', 'held'}
+local QUEUES = {'worklist', 'claimed', 'snoozed', 'held', 'backfill'}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -90,10 +90,11 @@ local function unlist(P, site, id)
   for _, q in ipairs(QUEUES) do redis.call('ZREM', P .. ':' .. q .. ':' .. site, id) end
 end
 
+-- Back to the alert's review queue: the worklist, or the backfill queue for a backfilled alert.
 local function to_worklist(P, site, id)
-  local rank = redis.call('HGET', P .. ':alert:' .. id, 'rank')
+  local f = redis.call('HMGET', P .. ':alert:' .. id, 'rank', 'queue')
   unlist(P, site, id)
-  redis.call('ZADD', P .. ':worklist:' .. site, rank, id)
+  redis.call('ZADD', P .. ':' .. (f[2] or 'worklist') .. ':' .. site, f[1], id)
   redis.call('HSET', P .. ':state:' .. id, 'status', 'open')
   redis.call('HDEL', P .. ':state:' .. id, 'actor', 'lease_until', 'snooze_until')
 end
@@ -165,6 +166,7 @@ end
 # ARGV: 1 prefix 2 site 3 alert_id 4 json 5 episode 6 priority 7 band 8 created_at 9 created_ms
 #       10 dedup event ms 11 score 12 window ms 13 rate limit (-1: none) 14 actor 15 idempotency ttl s
 #       16 task id 17 event id 18 expected ppv ('' if none) 19 audit detail
+#       20 review queue of a new alert: 'worklist', or 'backfill' (its own queue, outside the rate limit)
 ADD_ALERT = PRELUDE + r"""
 local P, site, id = ARGV[1], ARGV[2], ARGV[3]
 local idem = P .. ':idem:' .. id
@@ -231,6 +233,9 @@ elseif action == 'suppressed' then
   audit(P, site, 'suppressed', open_id, ARGV[14], now, ARGV[19])
 else
   local rate = P .. ':rate:' .. site
+  local queue = ARGV[20]
+  if queue ~= 'backfill' then queue = 'worklist' end
+  if queue == 'backfill' then limit = -1 end
   action = 'added'
   if limit >= 0 then
     redis.call('ZREMRANGEBYSCORE', rate, '-inf', ms(now - 3600000))
@@ -241,8 +246,9 @@ else
              'priority', ARGV[6], 'band', band_new, 'rank', ms(rank), 'created_at', ARGV[8], 'created_ms', ARGV[9],
              'anchor_ms', ARGV[10], 'score', ARGV[11], 'admission', action, 'first_event_id', ARGV[17],
              'last_event_id', ARGV[17], 'expected_ppv', ARGV[18], 'updates', 0)
+  if queue == 'backfill' then redis.call('HSET', P .. ':alert:' .. id, 'queue', queue) end
   if action == 'added' then
-    redis.call('ZADD', P .. ':worklist:' .. site, ms(rank), id)
+    redis.call('ZADD', P .. ':' .. queue .. ':' .. site, ms(rank), id)
     if limit >= 0 then redis.call('ZADD', rate, ms(now), id) end
   else
     redis.call('ZADD', P .. ':held:' .. site, ms(rank), id)
