@@ -63,6 +63,8 @@ def _common(m: argparse.ArgumentParser) -> None:
                    help="resume file (default: .ecgscreen/replay/<mode>-<fingerprint>.json)")
     m.add_argument("--dry-run", action="store_true", help="screen and count, write nothing")
     m.add_argument("--limit", type=int, default=None, help="at most this many events")
+    m.add_argument("--stop-after", type=int, default=None,
+                   help="stop as Ctrl-C would once this many events are written (drills, tests)")
     m.add_argument("--max-batch", type=int, default=None, help="model batch (default: ECGSCREEN_MAX_BATCH)")
     m.add_argument("--prep-processes", type=int, default=None, help="prep pool processes (default: settings, >= 1)")
     m.add_argument("--site", default=None, help="vendor/WFDB sources: the site whose secret keys patient_ref")
@@ -118,7 +120,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
               max_batch=args.max_batch or settings.batch.max_batch,
               prep_processes=args.prep_processes or max(1, settings.batch.prep_processes),
               rate_limit=args.rate_limit, checkpoint=args.checkpoint or _default_cp(settings, args.mode, fp),
-              fingerprint=fp, limit=args.limit)
+              fingerprint=fp, limit=args.limit, stop_after=args.stop_after)
     summary = await run(job)
     return _finish(args, summary, pairs, screener, opts)
 
@@ -138,7 +140,8 @@ def _sink(args: argparse.Namespace, settings: Settings) -> Sink:
     store = TriageStore.from_settings(r, settings.policy, actor="replay")
     topics = settings.kafka.topics if args.mode == "backfill" else shadow_topics(settings.kafka.topics,
                                                                                   args.shadow_suffix)
-    return StoreSink(store, settings.kafka.bootstrap, topics, r.outcome_ttl_s)
+    create = settings.kafka.partitions if args.mode == "shadow" else 0
+    return StoreSink(store, settings.kafka.bootstrap, topics, r.outcome_ttl_s, create)
 
 
 async def _recorded(args: argparse.Namespace, settings: Settings) -> list[Any]:

@@ -52,17 +52,25 @@ class NullSink:
 
 
 class StoreSink(NullSink):
-    def __init__(self, store: TriageStore, bootstrap: str, topics: Topics, outcome_ttl_s: int) -> None:
+    def __init__(self, store: TriageStore, bootstrap: str, topics: Topics, outcome_ttl_s: int,
+                 create_topics: int = 0) -> None:
         super().__init__(store)
         self.store = store
         self.topics = topics
         self._ttl = outcome_ttl_s
         self._bootstrap = bootstrap
+        self._create = create_topics  # partitions of topics to create when missing (the shadow ones); 0: none
         self._producer: Any = None
 
     async def _started(self) -> Any:
         if self._producer is None:
             from aiokafka import AIOKafkaProducer
+
+            if self._create:
+                from ops.stack import create_topics
+
+                t = self.topics
+                await create_topics(self._bootstrap, [t.verdicts, t.alerts, t.deadletter], self._create)
 
             producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all",
                                         max_request_size=8 * 1024 * 1024, request_timeout_ms=30_000)
