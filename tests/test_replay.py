@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -55,7 +57,7 @@ def _env(monkeypatch: pytest.MonkeyPatch, stack: StackInfo, tmp: Path, prefix: s
     monkeypatch.setenv("ECGSCREEN_MAX_BATCH", "4")
 
 
-def _replay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+def _replay(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     code = main(["replay", *argv])
     captured = capsys.readouterr()
     out = captured.out.strip().splitlines()
@@ -68,7 +70,7 @@ async def _keys(url: str) -> set[str]:
 
     r = aioredis.Redis.from_url(url)
     try:
-        return {k.decode() for k in await r.keys("*")}
+        return {k.decode() if isinstance(k, bytes) else k for k in await r.keys("*")}
     finally:
         await r.aclose()
 
@@ -105,7 +107,8 @@ async def _store_view(url: str, prefix: str) -> tuple[dict[str, int], dict[str, 
 
 
 def test_backfill_twice_adds_no_triage_entry(stack: StackInfo, events: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     _env(monkeypatch, stack, tmp_path, "bf")
     code, first = _replay(capsys, "backfill", str(events), "--checkpoint", str(tmp_path / "a.json"))
     assert code == 0 and first["events"] == N and first["verdicts"] == N and first["triage_added"] > 0
@@ -119,7 +122,8 @@ def test_backfill_twice_adds_no_triage_entry(stack: StackInfo, events: Path, tmp
 
 
 def test_shadow_writes_only_to_its_namespace(stack: StackInfo, events: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     _env(monkeypatch, stack, tmp_path, "live")
     live_topics = ("ecg.events", "ecg.verdicts", "ecg.alerts", "ecg.deadletter")
     keys_before = asyncio.run(_keys(stack.redis_url))
@@ -146,7 +150,80 @@ def test_interrupted_replay_resumes_each_event_exactly_once(stack: StackInfo, ev
     code, second = _replay(capsys, *args)
     assert code == 0 and not second["interrupted"] and second["resumed_from"] == first["events"]
     assert second["events"] == N  # counts carry over from the checkpoint
-    ids = Counter(orjson.loads(v)["event_id"] for v in asyncio.run(_messages(stack.kafka_bootstrap, "ecg.verdicts.sh2")))
+    written = asyncio.run(_messages(stack.kafka_bootstrap, "ecg.verdicts.sh2"))
+    ids = Counter(orjson.loads(v)["event_id"] for v in written)
     assert len(ids) == N and set(ids.values()) == {1}
     code, third = _replay(capsys, *args)  # finished: nothing more is written
-    assert code == 0 and len(asyncio.run(_messages(stack.kafka_bootstrap, "ecg.verdicts.sh2"))) == N
+    assert code == 0 and third["resumed_from"] == N
+    assert len(asyncio.run(_messages(stack.kafka_bootstrap, "ecg.verdicts.sh2"))) == N
+
+
+def test_audit_of_the_live_workers_verdicts(stack: StackInfo, events: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The live worker scores the events; a replay of its events topic with the same bundle agrees
+    with every verdict it recorded (replay == live), and another bundle gives a diff."""
+    from ops.demo import run_worker_process, wait_ready
+    from workers.settings import load_settings
+
+    _env(monkeypatch, stack, tmp_path, "audit")
+    env = {**os.environ, "ECGSCREEN_GROUP_ID": "replay-audit", "ECGSCREEN_MAX_WAIT_S": "0.05"}
+    settings = load_settings(env)
+    with run_worker_process(env, tmp_path / "worker.log") as proc:
+        wait_ready(settings, proc, timeout_s=180)
+        assert main(["events", "publish", str(events)]) == 0
+        capsys.readouterr()
+        for _ in range(240):
+            if len(asyncio.run(_messages(stack.kafka_bootstrap, "ecg.verdicts"))) >= N:
+                break
+            time.sleep(1.0)
+    recorded = asyncio.run(_messages(stack.kafka_bootstrap, "ecg.verdicts"))
+    assert len({orjson.loads(v)["event_id"] for v in recorded}) == N, [orjson.loads(v)["event_id"] for v in recorded]
+    code, same = _replay(capsys, "audit", "kafka:ecg.events", "--checkpoint", str(tmp_path / "a.json"))
+    audit = same["audit"]
+    assert code == 0 and audit["compared"] == N and audit["differing_events"] == 0, (audit, same)
+    assert main(["model", "init-untrained", str(tmp_path / "other")]) == 0
+    capsys.readouterr()
+    code, other = _replay(capsys, "audit", "kafka:ecg.events", "--bundle", str(tmp_path / "other"),
+                          "--checkpoint", str(tmp_path / "b.json"), "--report", str(tmp_path / "report"))
+    diff = other["audit"]
+    assert code == 0 and diff["compared"] == N and "scores" in diff["differences"]
+    assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "scores_scatter.png").exists()
+
+
+def test_kafka_source_partitions_offsets_and_event_time(stack: StackInfo, events: Path) -> None:
+    from datetime import timedelta
+
+    from aiokafka import AIOKafkaProducer
+
+    from ops.replay.sources import KafkaRange, SourceOptions, acquired_at, read
+    from ops.stack import create_topics
+
+    lines = events.read_bytes().splitlines()
+    times = sorted(t for t in (acquired_at(v) for v in lines) if t is not None)
+
+    async def scenario() -> dict[str, list[tuple[int, int]]]:
+        await create_topics(stack.kafka_bootstrap, ["replay.src"], 3)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            await asyncio.gather(*[await producer.send("replay.src", v, key=str(k).encode())
+                                   for k, v in enumerate(lines)])
+        finally:
+            await producer.stop()
+
+        async def got(spec: str, r: KafkaRange) -> list[tuple[int, int]]:
+            return [(i.partition, i.offset) async for i in read([spec], SourceOptions(r))]
+
+        bs = stack.kafka_bootstrap
+        return {"all": await got("kafka:replay.src", KafkaRange(bs)),
+                "p1": await got("kafka:replay.src:1", KafkaRange(bs)),
+                "p1_from1": await got("kafka:replay.src:1", KafkaRange(bs, from_offset=1, to_offset=3)),
+                "time": await got("kafka:replay.src", KafkaRange(bs, since=times[3],
+                                                                  until=times[8] + timedelta(seconds=1)))}
+
+    out = asyncio.run(scenario())
+    assert len(out["all"]) == N and len(set(out["all"])) == N
+    p1 = [x for x in out["all"] if x[0] == 1]
+    assert out["p1"] == p1 and out["p1_from1"] == [x for x in p1 if 1 <= x[1] < 3]
+    assert len(out["time"]) == 6  # acquired_at in [times[3], times[8]]

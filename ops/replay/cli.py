@@ -150,12 +150,14 @@ async def _recorded(args: argparse.Namespace, settings: Settings) -> list[Any]:
 
     spec = args.verdicts or f"kafka:{settings.kafka.topics.verdicts}"
     opts = SourceOptions(KafkaRange(settings.kafka.bootstrap))
-    out = []
+    out, bad = [], 0
     async for item in read([spec], opts):
         try:
             out.append(decode_verdict(item.value))
         except Exception:  # not a verdict: nothing to compare it with
-            continue
+            bad += 1
+    if bad:
+        print(f"ecgscreen: warning: {bad} recorded messages are not ecg.verdict/v1; skipped", file=sys.stderr)
     return out
 
 
@@ -165,7 +167,7 @@ def _finish(args: argparse.Namespace, summary: Summary, pairs: Pairs, screener: 
     code = 0
     if args.mode == "audit":
         same = all(pairs.a[k].model == pairs.b[k].model for k in pairs.b if k in pairs.a)
-        result["audit"] = pairs.audit(same_model=same)
+        result["audit"] = {"recorded": len(pairs.a), **pairs.audit(same_model=same)}
         if same and result["audit"]["differing_events"]:
             code = EXIT_DIFFERENT
     if args.report is not None:

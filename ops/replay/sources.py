@@ -185,7 +185,10 @@ async def _kafka(spec: str, opts: SourceOptions, key: str) -> AsyncIterator[Item
         if not parts:
             raise SourceError(f"topic {topic} has no partitions (does it exist?)")
         tps = [TopicPartition(topic, p) for p in parts]
-        ends = opts.plan.setdefault(key, {str(tp.partition): e for tp, e in (await consumer.end_offsets(tps)).items()})
+        if key not in opts.plan:
+            opts.plan[key] = {str(tp.partition): await _end(consumer, tp, e)
+                              for tp, e in (await consumer.end_offsets(tps)).items()}
+        ends = opts.plan[key]
         starts = await consumer.beginning_offsets(tps)
         for tp in tps:
             lo = max(starts[tp], r.from_offset or 0)
@@ -196,22 +199,38 @@ async def _kafka(spec: str, opts: SourceOptions, key: str) -> AsyncIterator[Item
         await consumer.stop()
 
 
+async def _end(consumer: Any, tp: Any, reported: int) -> int:
+    """The partition's end offset, fixed for this replay. Tansu reports the last record batch's
+    base offset + 1, so the records after it in that batch are found by reading from there."""
+    if reported == 0:
+        return 0
+    consumer.assign([tp])
+    consumer.seek(tp, reported - 1)
+    for _ in range(30):
+        got = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+        if got:
+            return max(reported, got[-1].offset + 1)
+    return reported
+
+
 async def _scan(consumer: Any, tp: Any, lo: int, hi: int, r: KafkaRange) -> AsyncIterator[Item]:
     if lo >= hi:
         return
     consumer.assign([tp])
     consumer.seek(tp, lo)
-    while True:
-        batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
-        for msg in batch.get(tp, []):
+    nxt, idle = lo, 0
+    while nxt < hi:
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        msgs = [m for m in batch.get(tp, []) if m.offset >= nxt]
+        idle = 0 if msgs else idle + 1
+        if idle >= 60:  # a minute without the records the end offset promised: say so, do not hang
+            raise SourceError(f"{tp.topic}[{tp.partition}]: no records after offset {nxt} (end {hi})")
+        for msg in msgs:
             if msg.offset >= hi:
                 return
+            nxt = msg.offset + 1
             if _in_time(msg.value or b"", r):
                 yield Item(msg.value or b"", tp.topic, tp.partition, msg.offset, msg.timestamp)
-            if msg.offset == hi - 1:
-                return
-        if not batch and await consumer.position(tp) >= hi:
-            return
 
 
 def _in_time(value: bytes, r: KafkaRange) -> bool:
