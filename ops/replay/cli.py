@@ -108,8 +108,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     baseline = None
     if args.mode == "shadow" and args.report is not None:
         baseline = build_screener(live)
-    pairs = Pairs("recorded" if args.mode == "audit" else "live bundle", "replay" if args.bundle is None else
-                  str(args.bundle.name))
+    pairs = Pairs("recorded verdicts" if args.mode == "audit" else "live bundle", screener.bundle.ref.name)
     if args.mode == "audit":
         for v in await _recorded(args, settings):
             pairs.a[v.event_id] = row_of_verdict(v, v.scores)
