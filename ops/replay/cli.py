@@ -104,10 +104,13 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from workers.main import build_screener
 
     live = settings.with_overrides(policy=dataclasses.replace(settings.policy, backfill=args.mode == "backfill"))
-    screener = build_screener(live.with_overrides(bundle_path=args.bundle or settings.bundle_path))
+    # Explanations only where a person reads the alert (backfill); shadow and audit decide the same without them.
+    explain = args.mode == "backfill"
+    screener = dataclasses.replace(build_screener(live.with_overrides(bundle_path=args.bundle or settings.bundle_path)),
+                                   explain_alerts=explain)
     baseline = None
     if args.mode == "shadow" and args.report is not None:
-        baseline = build_screener(live)
+        baseline = dataclasses.replace(build_screener(live), explain_alerts=False)
     pairs = Pairs("recorded verdicts" if args.mode == "audit" else "live bundle", screener.bundle.ref.name)
     if args.mode == "audit":
         for v in await _recorded(args, settings):
