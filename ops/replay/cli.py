@@ -32,6 +32,7 @@ from schemas.codec import parse_timestamp
 from workers.settings import Settings
 
 EXIT_DIFFERENT = 3
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C/SIGTERM (or --stop-after): rerun the command to resume
 
 
 def register(sub: Any) -> None:
@@ -179,4 +180,4 @@ def _finish(args: argparse.Namespace, summary: Summary, pairs: Pairs, screener: 
         write(args.report, pairs, labels, "ecgscreen " + shlex.join(sys.argv[1:]))
         result["report"] = str(args.report / "report.md")
     print_json(result)
-    return code
+    return EXIT_INTERRUPTED if summary.interrupted else code
