@@ -84,7 +84,8 @@ class StoreSink(NullSink):
 
     async def write(self, outcomes: Sequence[Outcome], duplicates: int) -> dict[str, int]:
         alerts = [a for o in outcomes for a in o.alerts]
-        admitted = await self.store.add_alerts(alerts)
+        # As the live worker: each alerting event's ECG is stored beside its alerts for reviewers.
+        admitted = await self.store.add_alerts(alerts, alert_waveforms(outcomes))
         await self._publish(outcomes, to_publish(admitted))
         done = [(o.message.key, RecordedOutcome(o.message.digest, o.kind)) for o in outcomes]
         added = sum(a.admission is Admission.ADDED and not a.replay for a in admitted)
@@ -108,6 +109,12 @@ class StoreSink(NullSink):
         if self._producer is not None:
             await self._producer.stop()
         await super().close()
+
+
+def alert_waveforms(outcomes: Sequence[Outcome]) -> dict[str, bytes]:
+    from workers.app import alert_waveforms as live
+
+    return live(outcomes)
 
 
 def to_publish(admitted: Sequence[Admitted]) -> list[Any]:
