@@ -86,6 +86,7 @@ async def run(job: Job) -> Summary:
     summary = Summary(counts=dict(cp.counts), resumed_from=cp.done)
     if cp.finished:
         log.info("checkpoint says this replay finished; nothing to do")
+        await job.sink.close()
         return summary
     spec = job.screener.bundle.config.input
     pool = PrepPool(PoolConfig(spec, job.screener.gate, job.screener.limits, max(1, job.prep_processes),
