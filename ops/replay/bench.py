@@ -103,10 +103,12 @@ def _markdown(r: dict[str, Any], cfg: BenchConfig, what: str, cmd: str) -> str:
         "explains its alerts as the live worker does (about 2.3 forward passes per alerting record on this "
         "CPU; README, Throughput). Besides the model (about 16 ms CPU per ECG here), the replay reads and "
         "encodes the npz (about 2 ms per ECG, main process) and decodes, gates and preprocesses (about "
-        "3 ms, prep process), at niceness +10 so that the model thread comes first. On two free cores the "
+        "3 ms, prep process). On two free cores the "
         "model is the bound. How to read a shortfall: the model's calls slower than model-only (row 5 "
         "below row 1) means the model lost its core; the model thread idle (row 6 well below 1) means the "
-        "CPU stages could not keep up, here because other jobs held the cores they yield to.", "",
+        "CPU stages could not keep up. (Running the CPU stages at niceness +10 was tried: on this shared "
+        "machine they then starved behind other jobs, the model thread idled half the time, and the "
+        "replay was slower.)", "",
         f"Model-only input: {what}.", ""])
 
 

@@ -97,7 +97,6 @@ async def run(job: Job) -> Summary:
     with _signals(stop), ThreadPoolExecutor(1, thread_name_prefix="replay-model") as model:
         try:
             await asyncio.get_running_loop().run_in_executor(None, pool.warm_up)
-            await asyncio.get_running_loop().run_in_executor(model, _yield_to_model, pool)
             prepared: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
             scored: asyncio.Queue[tuple[list[RawMessage], list[Outcome], list[Outcome] | None, int] | None] = \
                 asyncio.Queue(maxsize=1)
@@ -115,22 +114,6 @@ async def run(job: Job) -> Summary:
         cp.finished = True
         ckpt.save(job.checkpoint, cp)
     return summary
-
-
-def _yield_to_model(pool: PrepPool) -> None:
-    """Run in the model thread once it exists: lower the priority of everything else of the replay
-    (this process's other threads and the prep processes, niceness +10), so that on a shared or
-    small machine the CPU stages take what the model leaves and the model is the critical path.
-    Threads started later by the main thread inherit its niceness; the model thread keeps its own."""
-    import os
-    import threading
-
-    model_tid = threading.get_native_id()
-    tids = [int(t) for t in os.listdir(f"/proc/{os.getpid()}/task")] if os.path.isdir("/proc") else []
-    pids = list(getattr(pool._executor, "_processes", {}) or {})  # the pool's own processes
-    for tid in [t for t in tids if t != model_tid] + pids:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
 
 
 async def _all(tasks: list[asyncio.Task[None]]) -> None:
