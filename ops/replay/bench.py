@@ -101,7 +101,8 @@ def _markdown(r: dict[str, Any], cfg: BenchConfig, what: str, cmd: str) -> str:
         f"{r['model_busy']:.2f} |", "",
         "Shadow and audit skip explanations (decisions and scores do not depend on them); a backfill "
         "explains its alerts as the live worker does (about 2.3 forward passes per alerting record on this "
-        "CPU; README, Throughput). Besides the model (about 16 ms CPU per ECG here), the replay reads and "
+        f"CPU; README, Throughput). Besides the model (about {1000 / max(m0, m1):.0f} ms per ECG here), the replay "
+        "reads and "
         "encodes the npz (about 2 ms per ECG, main process) and decodes, gates and preprocesses (about "
         "3 ms, prep process). On two free cores the "
         "model is the bound. How to read a shortfall: the model's calls slower than model-only (row 5 "
