@@ -89,7 +89,7 @@ class StoreSink(NullSink):
         await self._publish(outcomes, to_publish(admitted))
         done = [(o.message.key, RecordedOutcome(o.message.digest, o.kind)) for o in outcomes]
         added = sum(a.admission is Admission.ADDED and not a.replay for a in admitted)
-        counts = {"duplicates_skipped": duplicates, "triage_entries_added": added}
+        counts = {"duplicates_skipped": duplicates}  # as the live worker; new entries are counted in the add script
         await self.store.record_outcomes(done, self._ttl, counts)
         return {"triage_added": added, "triage_updated": sum(a.admission is Admission.UPDATED for a in admitted)}
 
