@@ -47,8 +47,9 @@ def _env(monkeypatch: pytest.MonkeyPatch, stack: StackInfo, tmp: Path, prefix: s
         monkeypatch.delenv(k)
     for k, v in stack.env().items():
         monkeypatch.setenv(k, v)
-    # Every record alerts on MI and STTC at threshold 0.001, so the triage checks have entries to count.
-    policy = {s: {"thresholds": {"ecg.mi": 0.001, "ecg.sttc": 0.001}} for s in SITES}
+    # Every record alerts on LVH and AF (the default bundle's alerting tasks) at threshold 0.001,
+    # so the triage checks have entries to count.
+    policy = {s: {"thresholds": {"ecg.lvh": 0.001, "ecg.afib": 0.001}} for s in SITES}
     monkeypatch.setenv("ECGSCREEN_SITE_POLICY", orjson.dumps(policy).decode())
     monkeypatch.setenv("ECGSCREEN_REDIS_PREFIX", prefix)
     monkeypatch.setenv("ECGSCREEN_STATE_DIR", str(tmp))
