@@ -172,3 +172,39 @@ def test_stats_page_shows_observed_against_expected(served: tuple[TestClient, st
     row = re.search(r"<tr><td>site-web</td><td>echo.lvef_lt_40</td>.*?</tr>", page, re.S)
     assert row and "0.00 [0.00, 0.79]" in row.group(0) and "0.31" in row.group(0)  # Wilson for 0 of 1
     assert 'class="ppv-chart"' in page and 'class="observed"' in page and 'class="expected"' in page
+
+
+def test_backfilled_alerts_have_their_own_section(redis_url: str) -> None:
+    """A backfill's alerts are shown under their own queue, not counted as open on today's worklist."""
+    from dataclasses import replace
+
+    from schemas.messages import Priority
+    from tests.triage_factory import make_alert
+    from tests.web_support import PASSWORD
+
+    prefix = new_prefix()
+    names, _ = fill(redis_url, prefix)
+    old = replace(make_alert(9, Priority.ROUTINE, SITE, patient="pat-CHARLIE-3"), flags=("backfill",))
+
+    async def add() -> None:
+        from workers.triage import TriageStore
+
+        worker = TriageStore.from_url(redis_url, prefix, username=names[Role.WORKER], password=PASSWORD)
+        await worker.add_alerts([old])
+        await worker.close()
+
+    def open_count(page: str) -> str:
+        found = re.search(r'class="count-open"><b>(\d+)</b>', page)
+        assert found is not None
+        return found.group(1)
+
+    with TestClient(build_app(web_settings(redis_url, prefix, names)), base_url="http://ecg.test") as client:
+        before = client.get("/worklist", headers=AS_LEE).text
+        asyncio.run(add())
+        page = client.get("/worklist", headers=AS_LEE).text
+        only = client.get("/worklist?status=backfill", headers=AS_LEE).text
+    backfill = page.split('id="queue-backfill"', 1)[1]
+    assert "al_0009" in backfill and "al_0009" not in page.split('id="queue-backfill"', 1)[0]
+    assert re.search(r'class="count-backfill"><b>1</b>', page)
+    assert open_count(page) == open_count(before)  # today's worklist is not buried
+    assert 'id="queue-worklist"' not in only and "al_0009" in only

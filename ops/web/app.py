@@ -115,12 +115,13 @@ class _Pages:
         sites = await store.sites()
         site = request.query_params.get("site") or (sites[0] if sites else "")
         filters = views.Filters.of(dict(request.query_params))
-        sections, everything = [], []
+        sections: list[tuple[str, str, list[TriageItem]]] = []
+        everything: list[tuple[str, TriageItem]] = []
         if site in sites:
             await _reap(store, site)
             for queue, title in views.QUEUES:
                 items = await store.items(site, queue, self.config.max_items)
-                everything += items
+                everything += [(queue, i) for i in items]
                 if (queue, title) in filters.queues():
                     sections.append((queue, title, [i for i in items if filters.keep(i)]))
         now = datetime.now(UTC)

@@ -16,8 +16,10 @@ from workers.triage_stats import Status, TaskSiteStats
 
 # Sections of the worklist page, in the order a reviewer works them.
 QUEUES: tuple[tuple[str, str], ...] = (("worklist", "Open"), ("claimed", "Claimed"), ("snoozed", "Snoozed"),
-                                       ("held", "Held by the rate limit"))
-STATUS_TO_QUEUE = {"open": "worklist", "claimed": "claimed", "snoozed": "snoozed", "held": "held"}
+                                       ("held", "Held by the rate limit"),
+                                       ("backfill", "Backfill: historical ECGs (ecgscreen replay backfill)"))
+STATUS_TO_QUEUE = {"open": "worklist", "claimed": "claimed", "snoozed": "snoozed", "held": "held",
+                   "backfill": "backfill"}
 MESSAGES = {
     "claimed": "Claimed: the alert is yours for the lease shown.",
     "resolved": "Resolved.",
@@ -35,7 +37,7 @@ MESSAGES = {
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    status: str = "all"  # all | open | claimed | snoozed | held
+    status: str = "all"  # all | open | claimed | snoozed | held | backfill
     group: str = "all"  # all | a TaskGroup value
     priority: str = "all"  # all | a Priority value
 
@@ -66,11 +68,12 @@ class LeaseView:
     lost_at_ms: int | None = None
 
 
-def counts(items: Iterable[TriageItem]) -> dict[str, int]:
-    """Counts for the header: per status, per priority and per task group."""
+def counts(items: Iterable[tuple[str, TriageItem]]) -> dict[str, int]:
+    """Counts for the header: per status (a backfilled alert counts as backfill), per priority and per task group."""
     out: dict[str, int] = {}
-    for item in items:
-        for key in (item.status.value, item.alert.priority.value, item.alert.task.group.value):
+    for queue, item in items:
+        status = "backfill" if queue == "backfill" else item.status.value
+        for key in (status, item.alert.priority.value, item.alert.task.group.value):
             out[key] = out.get(key, 0) + 1
     return out
 
