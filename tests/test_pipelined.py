@@ -189,3 +189,41 @@ def test_pipelined_worker_module_imports_no_torch_in_pool(tmp_path: Path) -> Non
     code = "import sys, workers.prep_pool, workers.prep; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_pool_processes_end_when_the_worker_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the worker cannot stop its pool: the pool processes must notice and exit, not linger."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, sys\n"
+        "from models.config import InputSpec\n"
+        "from schemas.codec import Limits\n"
+        "from workers.gate import GateConfig\n"
+        "from workers.prep_pool import PoolConfig, PrepPool\n"
+        "pool = PrepPool(PoolConfig(InputSpec(100.0, 1000), GateConfig(), Limits(), 2, 4))\n"
+        "pool.warm_up()\n"
+        "print(*[p.pid for p in pool._executor._processes.values()], flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    children = [int(p) for p in out.stdout.split()]
+    assert len(children) == 2
+    deadline = time.monotonic() + 15
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in children if _running(pid)]
+    assert alive == [], f"pool processes outlived their worker: {alive}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -26,6 +26,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -76,9 +79,22 @@ class _Chunk:
 _state: dict[str, Any] = {}  # per pool process: its config and attached slots (set by _init)
 
 
-def _init(cfg: PoolConfig) -> None:
+def _init(cfg: PoolConfig, parent_pid: int) -> None:
     _state["cfg"] = cfg
     _state["slots"] = {}
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """End this process once the worker is gone.
+
+    A worker killed with SIGKILL (the OOM killer, a supervisor's last resort) cannot stop its
+    pool, and a pool process waits on its task queue for ever: without this, every kill -9
+    would leave orphans holding memory.
+    """
+    while os.getppid() == parent_pid:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def _slot(name: str) -> SharedMemory:
@@ -115,7 +131,7 @@ class PrepPool:
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.cfg.processes, mp_context=get_context("spawn"),
-                                   initializer=_init, initargs=(self.cfg,))
+                                   initializer=_init, initargs=(self.cfg, os.getpid()))
 
     def warm_up(self) -> None:
         """Start every process now (imports, first gate call) rather than on the first batch."""
