@@ -15,6 +15,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from models.bundle import load_bundle
@@ -38,7 +39,12 @@ def test_pipelined_worker_publishes_the_serial_screeners_verdicts_and_alerts(sta
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECGSCREEN_")}
     env.update({**stack.env(), "ECGSCREEN_STATE_DIR": str(tmp_path), "ECGSCREEN_GROUP_ID": GROUP,
                 "ECGSCREEN_MAX_BATCH": "8", "ECGSCREEN_MAX_WAIT_S": "0.05", "ECGSCREEN_PREP_PROCESSES": "1",
-                "ECGSCREEN_BUNDLE": str(bundle_path), "ECGSCREEN_TOPIC_EVENTS": "ecg.events"})
+                "ECGSCREEN_BUNDLE": str(bundle_path), "ECGSCREEN_TOPIC_EVENTS": "ecg.events",
+                # The default bundle alerts at worklist operating points (specificity >= 0.97), so simulated
+                # records rarely alert: a site threshold near 0 makes every eligible record raise AF, so that
+                # alerts and their explanations are compared too.
+                "ECGSCREEN_SITE_POLICY": orjson.dumps({f"sim-site-{i}": {"thresholds": {"ecg.afib": 1e-9}}
+                                                       for i in range(2)}).decode()})
     settings = load_settings(env)
     # One patient per record: no alert is merged into another patient's open alert by the triage dedup.
     records = [dataclasses.replace(r, patient_ref=f"parity-p{k}")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("starlette", reason="the web extra is not installed (pip install -e '.[web]')")
-pytest.importorskip("httpx", reason="starlette's TestClient needs httpx (dev extra)")
+pytest.importorskip("httpx2", reason="starlette's TestClient needs httpx2 (dev extra)")
 
 from starlette.testclient import TestClient
 
