@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
+from ops.chaos.account import offsets
 from ops.demo import FeedItem, build_feed, ensure_bundle, run_worker_process, wait_ready
 from ops.feed import simulated_records
 from ops.outputs import OutputCollector
@@ -67,20 +68,6 @@ async def _collect(settings: Settings, keys: set[str]) -> OutputCollector:
     finally:
         await out.stop()
     return out
-
-
-async def _offsets(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=settings.kafka.group_id,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topic = settings.kafka.topics.events
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        ends = await consumer.end_offsets(tps)
-        committed = {tp.partition: await consumer.committed(tp) or 0 for tp in tps}
-        return committed, {tp.partition: ends[tp] for tp in tps}
-    finally:
-        await consumer.stop()
 
 
 async def _triage(settings: Settings) -> tuple[list[str], dict[str, int]]:
@@ -148,7 +135,7 @@ def test_no_duplicate_triage_entries(run_result, settings: Settings) -> None:  #
 
 
 def test_offsets_are_committed(run_result, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    committed, ends = asyncio.run(_offsets(settings))
+    committed, ends = asyncio.run(offsets(settings))
     assert sum(ends.values()) == len(run_result[0].items)
     assert committed == ends
 

@@ -17,12 +17,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.demo import FeedItem, build_feed, run_worker_process, wait_ready
+from ops.demo import build_feed, run_worker_process, wait_ready
 from ops.feed import simulated_records
 from ops.ops_view import fetch
 from ops.outputs import OutputCollector
 from ops.stack import StackInfo, _terminate, free_port, start_redis
 from schemas.codec import encode_alert
+from tests.test_integration import _produce
 from tests.triage_factory import make_alert
 from workers.health import Health, OpsServer, Readiness, dependency_checks
 from workers.metrics import SubscriberMetrics
@@ -133,19 +134,6 @@ def test_kafka_down_is_not_ready() -> None:
 
 
 # --- the worker process ------------------------------------------------------------------------------
-
-
-async def _produce(settings: Settings, items: list[FeedItem]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
-                                max_request_size=8 * 1024 * 1024)
-    await producer.start()
-    try:
-        for item in items:
-            await producer.send_and_wait(settings.kafka.topics.events, item.payload, key=item.key.encode())
-    finally:
-        await producer.stop()
 
 
 async def _collect(settings: Settings, keys: set[str]) -> OutputCollector:
