@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from ops.chaos.account import offsets
 from ops.demo import Feed, build_feed, ensure_bundle, wait_ready
 from ops.feed import simulated_records
 from ops.outputs import OutputCollector
 from ops.stack import StackInfo
-from tests.test_integration import _offsets, _produce, _triage
+from tests.test_integration import _produce, _triage
 from workers.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -91,5 +92,5 @@ def test_sigkill_mid_stream_loses_no_event_and_no_triage_entry_doubles(settings:
     planned = sum(i.kind == "duplicate" for i in feed.items)
     seen_twice = sum(n > 1 for n in out.outcome_count.values())
     assert stats.get("duplicates_skipped", 0) > planned or seen_twice > 0, (stats, planned, seen_twice)
-    committed, ends = asyncio.run(_offsets(settings))
+    committed, ends = asyncio.run(offsets(settings))
     assert committed == ends
