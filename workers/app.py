@@ -55,6 +55,7 @@ from schemas.codec import encode_alert, encode_deadletter, encode_verdict
 from schemas.errors import ECGScreenError
 from schemas.messages import Alert, DeadLetterReason
 from schemas.waveform import pack_waveform
+from workers.faust_transport import use_transport
 from workers.kafka_auth import faust_credentials
 from workers.metrics import WorkerMetrics
 from workers.pipeline import Outcome, ProcessingError, RawMessage, Screener, classify, dead
@@ -336,6 +337,7 @@ def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | 
         # A model call on a cold CPU can take seconds; that is not a stalled stream.
         stream_processing_timeout=300.0,
     )
+    use_transport(app, settings.kafka.fetch_max_wait_s)
     events = app.topic(settings.kafka.topics.events, value_type=bytes, key_type=bytes,
                        value_serializer="raw", key_serializer="raw")
     runner = BatchRunner(app, settings, screener, metrics)

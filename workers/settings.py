@@ -67,6 +67,10 @@ class KafkaSettings:
     # Group membership lapses after this without heartbeats. Tansu completes a
     # join after half of it, so a short timeout also makes start-up quick.
     session_timeout_s: float = 10.0
+    # The longest a fetch may wait for records: a broker that answers only when the wait ends
+    # (Tansu) adds up to this to every event's latency; Apache Kafka answers as soon as a record
+    # arrives, so there it only sets how often an idle consumer polls (workers.faust_transport).
+    fetch_max_wait_s: float = 0.1
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
@@ -290,6 +294,9 @@ def _kafka(get: _Reader) -> KafkaSettings:
         session_timeout_s=get.number("SESSION_TIMEOUT_S", dk.session_timeout_s,
                                      "consumer group session timeout (a silent member is dropped after it)",
                                      lo=6, hi=300),
+        fetch_max_wait_s=get.number("FETCH_MAX_WAIT_S", dk.fetch_max_wait_s,
+                                    "longest a consumer fetch waits for records (a latency floor on "
+                                    "brokers that answer only when it ends)", lo=0.005, hi=30),
         security=KafkaSecurity(
             protocol=get.choice("KAFKA_SECURITY_PROTOCOL", sec.protocol, "how clients talk to the brokers",
                                 ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
