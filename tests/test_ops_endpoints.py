@@ -192,6 +192,9 @@ def test_worker_serves_health_and_metrics(worker_scrape: dict[str, object]) -> N
     assert {'ecgscreen_stage_seconds_count{stage="decode"}', 'ecgscreen_stage_seconds_count{stage="infer"}',
             'ecgscreen_stage_seconds_count{stage="persist"}'} <= set(series)
     assert series["ecgscreen_event_to_verdict_seconds_count"] == len(out.outcome_count)
+    # Counted per candidate alert (a suppressed one too); a published alert has its candidate's explanation.
+    unexplained = sum(a.explanation is None for a in out.alerts.values())
+    assert series["ecgscreen_alerts_unexplained_total"] >= unexplained
     lags = {k: v for k, v in series.items() if k.startswith("ecgscreen_consumer_lag")}
     assert len(lags) == 3 and set(lags.values()) == {0.0}, lags
     info = next(k for k in series if k.startswith("ecgscreen_model_info"))

@@ -227,3 +227,24 @@ def _running(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def _explained(outcomes: Sequence[Outcome]) -> list[bool]:
+    return [a.explanation is not None for o in outcomes for a in o.alerts]
+
+
+def test_a_worker_behind_the_feed_sends_its_alerts_without_explanations(screener: Screener,
+                                                                        messages: list[RawMessage]) -> None:
+    lag_s = NOW.timestamp() - messages[0].timestamp_ms / 1000  # type: ignore[operator]
+    behind = dataclasses.replace(screener, explain_max_lag_s=lag_s - 1)
+    within = dataclasses.replace(screener, explain_max_lag_s=lag_s + 1)
+    always = screener.screen(messages)
+    assert _explained(always) and all(_explained(always))
+    skipped = behind.screen(messages)
+    assert _explained(skipped) and not any(_explained(skipped))
+    # Everything else is the same outcome: the same verdicts, the same alerts but for the explanation.
+    assert [dataclasses.replace(a, explanation=None) for o in skipped for a in o.alerts] == \
+        [dataclasses.replace(a, explanation=None) for o in always for a in o.alerts]
+    assert all(_explained(within.screen(messages)))
+    untimed = [dataclasses.replace(m, timestamp_ms=None) for m in messages]  # no broker time: no lag known
+    assert all(_explained(behind.screen(untimed)))

@@ -40,6 +40,7 @@ def test_pipelined_worker_publishes_the_serial_screeners_verdicts_and_alerts(sta
     env.update({**stack.env(), "ECGSCREEN_STATE_DIR": str(tmp_path), "ECGSCREEN_GROUP_ID": GROUP,
                 "ECGSCREEN_MAX_BATCH": "8", "ECGSCREEN_MAX_WAIT_S": "0.05", "ECGSCREEN_PREP_PROCESSES": "1",
                 "ECGSCREEN_BUNDLE": str(bundle_path), "ECGSCREEN_TOPIC_EVENTS": "ecg.events",
+                "ECGSCREEN_EXPLAIN_MAX_LAG_S": "86400",  # explain however slow this machine is today
                 # The default bundle alerts at worklist operating points (specificity >= 0.97), so simulated
                 # records rarely alert: a site threshold near 0 makes every eligible record raise AF, so that
                 # alerts and their explanations are compared too.

@@ -45,7 +45,8 @@ def build_screener(settings: Settings, metrics: WorkerMetrics | None = None) -> 
     if metrics is not None:
         ref = bundle.ref
         metrics.set_model(ref.name, ref.version, bundle.sha256, engine.name, bundle.config.trained)
-    return Screener(bundle=bundle, engine=engine, policy=settings.policy)
+    return Screener(bundle=bundle, engine=engine, policy=settings.policy,
+                    explain_max_lag_s=settings.batch.explain_max_lag_s)
 
 
 def build_pool(settings: Settings, screener: Screener) -> PrepPool | None:

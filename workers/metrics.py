@@ -61,6 +61,9 @@ class WorkerMetrics:
                                     registry=r)
         self.alerts = Counter("ecgscreen_alerts", "Candidate alerts by task and what triage did with them",
                               ["task", "admission"], registry=r)
+        self.unexplained = Counter("ecgscreen_alerts_unexplained", "Alerts sent without an explanation (the "
+                                   "worker was more than ECGSCREEN_EXPLAIN_MAX_LAG_S behind, or it failed)",
+                                   registry=r)
         self.batch_size = Histogram("ecgscreen_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS,
                                     registry=r)
         self.stage_seconds = Histogram("ecgscreen_stage_seconds", "Wall time of each stage of a batch",
@@ -114,6 +117,7 @@ class WorkerMetrics:
 
     def _outcome(self, o: Outcome, now: float) -> None:
         self.events.labels(o.kind).inc()
+        self.unexplained.inc(sum(a.explanation is None for a in o.alerts))
         if o.deadletter is not None:
             self.deadletters.labels(o.deadletter.reason.value).inc()
         if o.verdict is not None:

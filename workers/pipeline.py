@@ -90,6 +90,11 @@ class Screener:
     limits: Limits = field(default_factory=Limits)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     explain_alerts: bool = True  # attribution for alerting records only (one batched backward pass)
+    # Explanations only while the batch's oldest event has waited at most this long since the broker
+    # took it; None: always. A worker that is behind (a backlog after an outage, a burst) sends its
+    # alerts without them and catches up twice as fast on a CPU (an explanation costs about three
+    # forward passes of its record); the alert is what must not wait.
+    explain_max_lag_s: float | None = None
 
     def screen(self, messages: Sequence[RawMessage], prepared: Prepared | None = None) -> list[Outcome]:
         """One outcome per message, in order. Never raises on bad input.
@@ -110,7 +115,7 @@ class Screener:
         scored = self._infer(messages, prep, outcomes)
         stage.mark("infer")
         alerts = self._alerts(prep, scored, outcomes)
-        if self.explain_alerts:
+        if self._explaining(messages, alerts):
             alerts = self._explain(prep, scored, alerts)
         stage.mark("explain")
         timings = {**prep.timings_ms, **stage.marks, "batch_size": float(len(messages))}
@@ -153,6 +158,18 @@ class Screener:
                 out[i] = decide_alerts(ev, _quality(prep.qualities[i]), scores, self.bundle.config.tasks,
                                        self.bundle.ref, now, prep.masked.get(i, ()), self.policy)
         return out
+
+    def _explaining(self, messages: Sequence[RawMessage], alerts: dict[int, list[Alert]]) -> bool:
+        if not self.explain_alerts:
+            return False
+        lag = batch_lag_s(messages, self.clock())
+        if self.explain_max_lag_s is None or lag is None or lag <= self.explain_max_lag_s:
+            return True
+        n = sum(len(found) for found in alerts.values())
+        if n:
+            log.warning("alerts sent without explanations: the worker is behind the feed",
+                        extra={"alerts": n, "lag_s": round(lag, 1), "explain_max_lag_s": self.explain_max_lag_s})
+        return False
 
     def _explain(self, prep: Prepared, scored: dict[int, tuple[dict[str, float], int]],
                  alerts: dict[int, list[Alert]]) -> dict[int, list[Alert]]:
@@ -197,6 +214,12 @@ class Screener:
 
 def _quality(q: RecordQuality) -> Quality:
     return Quality(q.status, tuple(r.value for r in q.reasons), q.bad_leads)
+
+
+def batch_lag_s(messages: Sequence[RawMessage], now: datetime) -> float | None:
+    """How long the batch's oldest event has waited since the broker took it; None without timestamps."""
+    stamps = [m.timestamp_ms for m in messages if m.timestamp_ms is not None]
+    return None if not stamps else now.timestamp() - min(stamps) / 1000
 
 
 def _queue_ms(message: RawMessage, now: datetime) -> float | None:

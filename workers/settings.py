@@ -199,6 +199,10 @@ class BatchSettings:
     # Processes that decode, gate and preprocess the next batch while the model runs this one
     # (workers.pipelined); 0 runs the serial loop, everything in the worker process.
     prep_processes: int = 1
+    # Alerts carry explanations while the worker is at most this far behind the feed (the oldest
+    # event of a batch, from its broker timestamp); further behind, they go out without, so that a
+    # backlog clears at the model's speed (workers.pipeline.Screener.explain_max_lag_s).
+    explain_max_lag_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +341,9 @@ def _batch(get: _Reader) -> BatchSettings:
         max_wait_s=get.number("MAX_WAIT_S", db.max_wait_s, "longest wait to fill a micro-batch", lo=0.001, hi=60),
         prep_processes=get.integer("PREP_PROCESSES", db.prep_processes, "processes that decode, gate and "
                                    "preprocess the next batch while the model runs (0: the serial loop)", lo=0, hi=256),
+        explain_max_lag_s=get.number("EXPLAIN_MAX_LAG_S", db.explain_max_lag_s,
+                                     "alerts carry explanations while the worker is at most this many seconds "
+                                     "behind the feed (0: never; 86400: always)", lo=0, hi=86400),
     )
 
 
