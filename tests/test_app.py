@@ -221,6 +221,27 @@ def test_duplicates_and_conflicts_across_batches() -> None:
     assert h.triage.counters["duplicates_skipped"] == 2 and h.screener.batches == [2, 1]
 
 
+def test_a_batch_scored_while_the_one_before_is_stored_sees_its_outcomes() -> None:
+    """The pipelined loop scores batch N+1 before batch N is durable: duplicates and conflicts of N's
+    events must still be sorted out as if N were recorded."""
+    h = harness()
+
+    async def overlapped() -> None:
+        first = await h.runner.score([msg(1), msg(2, "alert")])
+        assert h.triage.outcomes == {}  # nothing durable yet
+        second = await h.runner.score([msg(1), msg(2, "alert", variant=1), msg(3)])
+        await h.runner.store(first)
+        await h.runner.store(second)
+        third = await h.runner.score([msg(1), msg(3)])  # both durable by now: from the ledger
+        await h.runner.store(third)
+
+    asyncio.run(overlapped())
+    assert h.verdicts() == ["e-1", "e-2", "e-3"] and h.screener.batches == [2, 1]
+    assert h.deadletters() == {"e-2": DeadLetterReason.EVENT_ID_CONFLICT}
+    assert h.triage.counters["duplicates_skipped"] == 3
+    assert h.runner._pending == {}  # everything scored is durable
+
+
 def test_transient_faults_are_retried_until_durable() -> None:
     triage = FakeTriage(faults={"recorded_outcomes": [BusyLoadingError("loading")],
                                 "add_alerts": [RedisConnectionError("reset"), RedisTimeoutError("slow")],

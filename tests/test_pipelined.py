@@ -121,21 +121,34 @@ class _Pool:
         return None
 
 
-def test_loop_acks_in_order_with_at_most_two_batches_in_flight() -> None:
-    stream, running, seen = _Stream(n_batches=9, size=3), [0], [0]
-    handled: list[int] = []
+def test_loop_scores_and_stores_in_order_overlapping_them_with_at_most_two_batches_in_flight() -> None:
+    stream = _Stream(n_batches=9, size=3)
+    steps: list[tuple[str, int]] = []
+    running = {"score": 0, "store": 0}
+    most = dict(running)
 
-    async def handle(msgs: Sequence[RawMessage], prepared: Any) -> None:
-        running[0] += 1
-        seen[0] = max(seen[0], running[0])
-        await asyncio.sleep(0.005)
-        handled.append(msgs[0].offset)
-        running[0] -= 1
+    async def step(name: str, first: int, seconds: float) -> None:
+        running[name] += 1
+        most[name] = max(most[name], running[name])
+        steps.append((name, first))
+        await asyncio.sleep(seconds)
+        steps.append((f"{name} done", first))
+        running[name] -= 1
+
+    async def score(msgs: Sequence[RawMessage], prepared: Any) -> int:
+        first = msgs[0].offset
+        assert len(stream.acked) >= first - 3  # at most two batches taken and not acked
+        await step("score", first, 0.005)
+        return first
+
+    async def store(first: int) -> None:
+        assert stream.acked == list(range(first))  # the batches before are acked, this one not yet
+        await step("store", first, 0.01)
 
     def raw(e: _Event) -> RawMessage:
         return RawMessage.of(b"x" * (e.offset % 5), "t", 0, e.offset)
 
-    loop = PipelinedLoop(_Pool(), handle, raw)  # type: ignore[arg-type]
+    loop = PipelinedLoop(_Pool(), score, store, raw)  # type: ignore[arg-type]
 
     async def go() -> None:
         await loop.run(stream, 3, 0.01)
@@ -143,18 +156,27 @@ def test_loop_acks_in_order_with_at_most_two_batches_in_flight() -> None:
             await asyncio.sleep(0.01)
 
     asyncio.run(asyncio.wait_for(go(), 10))
-    assert stream.acked == list(range(27)) and handled == list(range(0, 27, 3)) and seen[0] == 1
+    assert stream.acked == list(range(27)) and most == {"score": 1, "store": 1}
+    for name in ("score", "store"):
+        assert [f for n, f in steps if n == name] == list(range(0, 27, 3))
+    # The model does not wait for the writes: batch N+1 is scored while batch N is stored.
+    overlapped = [f for f in range(0, 24, 3)
+                  if steps.index(("store", f)) < steps.index(("score", f + 3)) < steps.index(("store done", f))]
+    assert overlapped, steps
 
 
 def test_loop_cancelled_leaves_unfinished_batches_unacked() -> None:
     stream = _Stream(n_batches=4, size=2)
     gate = asyncio.Event()
 
-    async def handle(msgs: Sequence[RawMessage], prepared: Any) -> None:
-        if msgs[0].offset >= 2:
-            await gate.wait()  # batch 1 onwards never finishes
+    async def score(msgs: Sequence[RawMessage], prepared: Any) -> int:
+        return msgs[0].offset
 
-    loop = PipelinedLoop(_Pool(), handle, lambda e: RawMessage.of(b"{}", "t", 0, e.offset))  # type: ignore[arg-type]
+    async def store(first: int) -> None:
+        if first >= 2:
+            await gate.wait()  # batch 1 onwards never becomes durable
+
+    loop = PipelinedLoop(_Pool(), score, store, lambda e: RawMessage.of(b"{}", "t", 0, e.offset))  # type: ignore[arg-type]
 
     async def go() -> None:
         task = asyncio.create_task(loop.run(stream, 2, 0.01))
@@ -174,10 +196,13 @@ def test_a_closed_pool_leaves_batches_unacked_and_unscreened() -> None:
 
     stream, handled = _Stream(n_batches=3, size=2), []
 
-    async def handle(msgs: Sequence[RawMessage], prepared: Any) -> None:
+    async def score(msgs: Sequence[RawMessage], prepared: Any) -> None:
         handled.append(msgs)
 
-    loop = PipelinedLoop(Closed(), handle, lambda e: RawMessage.of(b"{}", "t", 0, e.offset))  # type: ignore[arg-type]
+    async def store(_: None) -> None:
+        handled.append("stored")
+
+    loop = PipelinedLoop(Closed(), score, store, lambda e: RawMessage.of(b"{}", "t", 0, e.offset))  # type: ignore[arg-type]
     asyncio.run(loop.run(stream, 2, 0.01))
     assert stream.acked == [] and handled == []  # not dead-lettered as failures: redelivered after restart
 

@@ -29,11 +29,13 @@ exception escaping the loop body would lose the batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import faust
@@ -79,6 +81,17 @@ class PermanentFault(Exception):
         self.what = what
 
 
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A batch between its two steps: outcomes decided, not yet durable."""
+
+    messages: Sequence[RawMessage]
+    outcomes: list[Outcome]
+    duplicates: int
+    conflicts: int
+    started: float  # perf_counter at the start of the batch's first step
+
+
 class BatchRunner:
     """Takes one batch from faust to durable outcomes; returns only once they are durable.
 
@@ -103,6 +116,10 @@ class BatchRunner:
         self.stopping = False  # set on SIGTERM: a failing write then exits at once, without ack
         self._idle = asyncio.Event()
         self._idle.set()
+        self._busy = 0  # steps in progress (score or store)
+        # (digest, kind) of outcomes scored but not yet durable: the pipelined loop scores batch N+1
+        # while batch N is being stored, and N+1's duplicate check must see N's outcomes.
+        self._pending: dict[str, tuple[str, str]] = {}
 
     @property
     def triage(self) -> TriageStore:
@@ -125,36 +142,63 @@ class BatchRunner:
         self._exit(EX_TEMPFAIL, "batch abandoned before it was durable; stopping without ack", "batch")
 
     async def handle(self, messages: Sequence[RawMessage], prepared: Prepared | None = None) -> None:
-        """``prepared``: the batch's decode/gate/preprocess already done by the pipelined loop's pool."""
+        """Both steps of a batch; returns once its outcomes are durable."""
+        await self.store(await self.score(messages, prepared))
+
+    async def score(self, messages: Sequence[RawMessage], prepared: Prepared | None = None) -> Scored:
+        """Step 1: sort out duplicates and conflicts, then screen the fresh messages.
+
+        ``prepared``: the batch's decode/gate/preprocess already done by the pipelined loop's pool.
+        The batches stored in between must be stored in order, each after the one scored before it.
+        """
+        with self._step():
+            started = time.perf_counter()
+            pending = dict(self._pending)  # taken before the read: a batch stored meanwhile is in one of them
+            recorded = await self._read_outcomes(messages)
+            fresh, dups, conflicts = classify(messages, [
+                (r.digest, r.kind) if r else pending.get(m.key) for m, r in zip(messages, recorded, strict=True)])
+            # Duplicates and conflicts are sorted out before screening, so no failure below can
+            # give an event whose outcome is already recorded a second one.
+            part = prepared.select(fresh) if prepared is not None else None
+            outcomes = await self._screen([messages[i] for i in fresh], part)
+            outcomes += [self._conflict(messages[i]) for i in conflicts]
+            self._pending.update((o.message.key, (o.message.digest, o.kind)) for o in outcomes)
+            return Scored(messages, outcomes, len(dups), len(conflicts), started)
+
+    async def store(self, scored: Scored) -> None:
+        """Step 2: make the batch's outcomes durable (triage, topics, outcome ledger)."""
+        with self._step():
+            persist_started = time.perf_counter()
+            outcomes, admitted = await self._persist(scored.outcomes, scored.duplicates)
+            persist_s = time.perf_counter() - persist_started
+            for o in scored.outcomes:  # durable now (or the process has exited); a later batch's entry stays
+                if self._pending.get(o.message.key) == (o.message.digest, o.kind):
+                    del self._pending[o.message.key]
+            if self._metrics is not None:
+                self._metrics.observe_batch(scored.messages, outcomes, scored.duplicates, admitted, persist_s)
+            self._log_batch(scored, outcomes, persist_s)
+
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[None]:
+        self._busy += 1
         self._idle.clear()
         try:
-            await self._handle(messages, prepared)
+            yield
         finally:
-            self._idle.set()
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
 
-    async def _handle(self, messages: Sequence[RawMessage], prepared: Prepared | None) -> None:
-        started = time.perf_counter()
-        recorded = await self._read_outcomes(messages)
-        fresh, dups, conflicts = classify(messages, [(r.digest, r.kind) if r else None for r in recorded])
-        # Duplicates and conflicts are sorted out before screening, so no failure below can
-        # give an event whose outcome is already recorded a second one.
-        part = prepared.select(fresh) if prepared is not None else None
-        outcomes = await self._screen([messages[i] for i in fresh], part)
-        outcomes += [self._conflict(messages[i]) for i in conflicts]
-        persist_started = time.perf_counter()
-        outcomes, admitted = await self._persist(outcomes, len(dups))
-        persist_s = time.perf_counter() - persist_started
-        if self._metrics is not None:
-            self._metrics.observe_batch(messages, outcomes, len(dups), admitted, persist_s)
+    def _log_batch(self, scored: Scored, outcomes: Sequence[Outcome], persist_s: float) -> None:
         stages = next((o.verdict.timings_ms for o in outcomes if o.verdict is not None), {})
         log.info("batch done", extra={
             **{k: v for k, v in stages.items() if k.endswith("_ms") and k != "queue_ms"},
             "persist_ms": round(persist_s * 1000, 1),
-            "batch_size": len(messages), "duplicates": len(dups), "conflicts": len(conflicts),
+            "batch_size": len(scored.messages), "duplicates": scored.duplicates, "conflicts": scored.conflicts,
             "verdicts": sum(o.kind == "verdict" for o in outcomes),
             "deadletters": sum(o.kind == "deadletter" for o in outcomes),
             "alerts": sum(len(o.alerts) for o in outcomes),
-            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
+            "elapsed_ms": round((time.perf_counter() - scored.started) * 1000, 1)})
 
     async def _read_outcomes(self, messages: Sequence[RawMessage]) -> list[RecordedOutcome | None]:
         try:
@@ -347,7 +391,7 @@ def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | 
     @app.agent(events, concurrency=1)
     async def screen(stream: Any) -> None:  # faust.Stream; take_events is missing from its StreamT
         if pool is not None:
-            await PipelinedLoop(pool, runner.handle, _raw).run(stream, max_batch, within)
+            await PipelinedLoop(pool, runner.score, runner.store, _raw).run(stream, max_batch, within)
             return
         async for batch in stream.take_events(max_batch, within=within):
             try:
