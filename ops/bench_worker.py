@@ -49,6 +49,8 @@ import orjson
 
 from ops.feed import Record, ptbxl_records, simulated_records
 
+EXPLAIN_ALWAYS_S = 86400.0  # the largest ECGSCREEN_EXPLAIN_MAX_LAG_S: every alert explained
+ALWAYS_TOPIC = "ecg.events.bench-explain-all"
 STAGES = ("decode_ms", "gate_ms", "preprocess_ms", "infer_ms", "explain_ms", "persist_ms")
 
 
@@ -62,6 +64,7 @@ class BenchConfig:
     max_batch: int = 32
     max_wait_s: float = 0.2
     prep_processes: int = 1
+    explain_max_lag_s: float = 2.0  # the worker's default (workers.settings.BatchSettings)
     partitions: int = 6
     bundle: Path = Path("models/bundles/ecgclip-r18-ptbxl-100hz")
     data_dir: Path = Path("../shared/data")
@@ -82,6 +85,8 @@ class RunResult:
     stage_ms_per_ecg: dict[str, float]
     cpu_ms_per_ecg: float
     mean_batch: float
+    alerts: int  # published alerts of this run's events (latest view of each)
+    explained: int  # of which carry an explanation
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
@@ -95,10 +100,13 @@ def load_records(cfg: BenchConfig, n: int) -> tuple[list[Record], str]:
 
 
 def payloads(records: Sequence[Record], n: int, tag: str) -> list[tuple[str, bytes]]:
-    """n events cycling over the records, each with an event id of its own (no dedup between runs)."""
+    """n events cycling over the records, each with an event id of its own and a patient of this run."""
     out = []
     for k in range(n):
-        rec = dataclasses.replace(records[k % len(records)], event_id=f"bench-{tag}-{k:05d}")
+        # A patient of this run only: the triage dedup would otherwise fold a run's alerts into the
+        # open alerts of an earlier run with the same record, and none would be published.
+        rec = records[k % len(records)]
+        rec = dataclasses.replace(rec, event_id=f"bench-{tag}-{k:05d}", patient_ref=f"{rec.patient_ref}-{tag}")
         out.append((rec.event_id, rec.encode()))
     return out
 
@@ -269,8 +277,10 @@ def _result(label: str, rate: float | None, sent: dict[str, float], out: Any, ba
     stage["persist_ms"] = sum(b.get("persist_ms", 0.0) for b in batches) / n_logged if n_logged else float("nan")
     pct = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)} if lat else {}
     mean_batch = n_logged / len(batches) if batches else float("nan")
+    alerts = [a for a in out.alerts.values() if a.event_id in sent]
     return RunResult(label, rate, len(sent), len(done), sustained, span, pct, stage,
-                     cpu * 1000 / max(1, len(done)), mean_batch, lat)
+                     cpu * 1000 / max(1, len(done)), mean_batch, len(alerts),
+                     sum(a.explanation is not None for a in alerts), lat)
 
 
 def run(cfg: BenchConfig, say: Any = print) -> dict[str, Any]:
@@ -289,7 +299,8 @@ def run(cfg: BenchConfig, say: Any = print) -> dict[str, Any]:
     state = cfg.state_dir.resolve()
     results: list[RunResult] = []
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp, embedded_stack(Path(tmp) / "stack", topics.all(), cfg.partitions) as st:
+    with tempfile.TemporaryDirectory() as tmp, embedded_stack(Path(tmp) / "stack", (*topics.all(), ALWAYS_TOPIC),
+                                                              cfg.partitions) as st:
         env = _worker_env(cfg, st.env(), state)
         settings = load_settings(env)
         ensure_bundle(settings.bundle_path, say)
@@ -306,10 +317,32 @@ def run(cfg: BenchConfig, say: Any = print) -> dict[str, Any]:
                 res = asyncio.run(_run_load(cfg, settings, proc.pid, log, payloads(records, n, label), rate, label))
                 results.append(res)
                 say(_line(res))
+        if cfg.explain_max_lag_s < EXPLAIN_ALWAYS_S:
+            results.append(_saturation_explaining_all(cfg, env, records, state))
+            say(_line(results[-1]))
     bound_after = model_only(cfg, records)
     say(f"model only (after the load runs): {bound_after:.1f} ECG/s")
     return {"config": cfg, "origin": origin, "results": results, "stages": stages,
             "model_only": (bound_before, bound_after), "load": (load_before, os.getloadavg())}
+
+
+def _saturation_explaining_all(cfg: BenchConfig, env: dict[str, str], records: Sequence[Record],
+                               state: Path) -> RunResult:
+    """The saturation run again, by a worker that explains every alert however far behind it is
+    (on a topic of its own, so that it starts with the same backlog): the price of explanations."""
+    from ops.demo import run_worker_process, wait_ready
+    from workers.settings import load_settings
+
+    env = {**env, "ECGSCREEN_EXPLAIN_MAX_LAG_S": str(EXPLAIN_ALWAYS_S), "ECGSCREEN_TOPIC_EVENTS": ALWAYS_TOPIC,
+           "ECGSCREEN_GROUP_ID": "ecgscreen-bench-explain-all"}
+    settings = load_settings(env)
+    log = state / "worker-always.log"
+    log.unlink(missing_ok=True)
+    (state / "worker.ready").unlink(missing_ok=True)
+    with run_worker_process(env, log) as proc:
+        wait_ready(settings, proc, timeout_s=180)
+        return asyncio.run(_run_load(cfg, settings, proc.pid, log, payloads(records, cfg.max_events, "max-all"),
+                                     None, "max-all"))
 
 
 def _worker_env(cfg: BenchConfig, stack_env: dict[str, str], state: Path) -> dict[str, str]:
@@ -319,6 +352,7 @@ def _worker_env(cfg: BenchConfig, stack_env: dict[str, str], state: Path) -> dic
                 "ECGSCREEN_ENGINE": cfg.engine, "ECGSCREEN_TORCH_THREADS": str(cfg.threads),
                 "ECGSCREEN_MAX_BATCH": str(cfg.max_batch), "ECGSCREEN_MAX_WAIT_S": str(cfg.max_wait_s),
                 "ECGSCREEN_PREP_PROCESSES": str(cfg.prep_processes), "ECGSCREEN_BUNDLE": str(cfg.bundle),
+                "ECGSCREEN_EXPLAIN_MAX_LAG_S": str(cfg.explain_max_lag_s),
                 "ECGSCREEN_LOG_LEVEL": "INFO"})
     return env
 
@@ -330,7 +364,8 @@ def _fmt(stages: dict[str, float]) -> str:
 def _line(r: RunResult) -> str:
     lat = " ".join(f"{k} {v:.0f} ms" for k, v in r.latency_ms.items())
     return (f"offered {r.label:>4}: {r.outcomes}/{r.events} outcomes, sustained {r.throughput:.1f} ECG/s, "
-            f"latency {lat}, CPU {r.cpu_ms_per_ecg:.1f} ms/ECG, mean batch {r.mean_batch:.1f}")
+            f"latency {lat}, CPU {r.cpu_ms_per_ecg:.1f} ms/ECG, mean batch {r.mean_batch:.1f}, "
+            f"alerts explained {r.explained}/{r.alerts}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -343,6 +378,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=d.max_batch)
     p.add_argument("--max-wait", type=float, default=d.max_wait_s, help="seconds a batch waits to fill")
     p.add_argument("--prep-processes", type=int, default=d.prep_processes, help="0: the serial loop")
+    p.add_argument("--explain-max-lag", type=float, default=d.explain_max_lag_s,
+                   help="ECGSCREEN_EXPLAIN_MAX_LAG_S of the worker (86400: explain every alert)")
     p.add_argument("--partitions", type=int, default=d.partitions)
     p.add_argument("--bundle", type=Path, default=d.bundle)
     p.add_argument("--data-dir", type=Path, default=d.data_dir)
@@ -354,7 +391,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(rates=tuple(args.rates), seconds=args.seconds, max_events=args.max_events,
                        engine=args.engine, threads=args.threads, max_batch=args.max_batch, max_wait_s=args.max_wait,
-                       prep_processes=args.prep_processes, partitions=args.partitions, bundle=args.bundle,
+                       prep_processes=args.prep_processes, explain_max_lag_s=args.explain_max_lag,
+                       partitions=args.partitions, bundle=args.bundle,
                        data_dir=args.data_dir, rate_hz=args.rate_hz, out=args.out, state_dir=args.state_dir)
 
 
