@@ -18,10 +18,9 @@ and a last run publishes a backlog as fast as possible (saturation). Per run:
 - CPU seconds per ECG of the worker and its prep processes together (from /proc).
 
 The bound: the model alone (same bundle, engine, torch threads, max_batch, real preprocessed
-records), timed in this process just before and just after each saturation run, while the
-worker idles; this shared machine's speed drifts by up to 20% within seconds, so each run is
-bounded by the higher of its two neighbouring timings (the conservative choice), and the
-figure to read is the median ratio over ``--saturation-runs`` runs.
+records), timed in this process before, between and after the ``--saturation-runs`` runs while
+the worker idles; its median call over all of them (see :func:`rate`). The figure to read is
+the median saturation run against it.
 
 Also timed in this process, one batch of real records, stage by stage, as the serial loop
 before the pipelined worker did it (record-by-record preprocessing, one backward pass per
@@ -90,7 +89,6 @@ class RunResult:
     mean_batch: float
     alerts: int  # published alerts of this run's events (latest view of each)
     explained: int  # of which carry an explanation
-    bound: float | None = None  # saturation runs: the higher model-only rate timed next to the run
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
@@ -118,8 +116,8 @@ def payloads(records: Sequence[Record], n: int, tag: str) -> list[tuple[str, byt
 # --- the model alone ---------------------------------------------------------------------------
 
 
-def model_only(cfg: BenchConfig, records: Sequence[Record], reps: int = 30) -> float:
-    """ECG/s of the bundle's engine on max_batch real preprocessed records (median call)."""
+def model_only(cfg: BenchConfig, records: Sequence[Record], reps: int = 30) -> list[float]:
+    """Seconds per call of the bundle's engine on max_batch real preprocessed records."""
     import torch
 
     from models.bundle import load_bundle
@@ -138,7 +136,16 @@ def model_only(cfg: BenchConfig, records: Sequence[Record], reps: int = 30) -> f
         t0 = time.perf_counter()
         engine.infer(x)
         times.append(time.perf_counter() - t0)
-    return cfg.max_batch / statistics.median(times)
+    return times
+
+
+def rate(times: Sequence[float], batch: int) -> float:
+    """ECG/s of the median call: the model alone's typical speed over the calls timed.
+
+    This shared machine's speed drifts by up to 40% in spells of a few seconds (call times of one
+    engine on one batch, back to back: 99 to 155 ms), so the bound pools every call timed before,
+    between and after the runs rather than trusting the spell one timing happened to fall in."""
+    return batch / statistics.median(times)
 
 
 # --- stages of one batch, before and after -------------------------------------------------------
@@ -297,7 +304,7 @@ def run(cfg: BenchConfig, say: Any = print) -> dict[str, Any]:
     say(f"feed: {origin}")
     stages = stage_table(cfg, records)
     say(f"one batch, before: {_fmt(stages['before'])}\none batch, after:  {_fmt(stages['after'])}")
-    bound: list[float] = []
+    timings: list[list[float]] = []
     topics = Topics()
     state = cfg.state_dir.resolve()
     results: list[RunResult] = []
@@ -314,24 +321,23 @@ def run(cfg: BenchConfig, say: Any = print) -> dict[str, Any]:
         with run_worker_process(env, log) as proc:
             wait_ready(settings, proc, timeout_s=180)
             asyncio.run(_run_load(cfg, settings, proc.pid, log, payloads(records, 40, "warm"), 20.0, "warm-up"))
-            for rate in cfg.rates:
-                results.append(asyncio.run(_run_load(cfg, settings, proc.pid, log,
-                                                     payloads(records, max(20, int(rate * cfg.seconds)), f"{rate:g}"),
-                                                     rate, f"{rate:g}")))
+            for offered in cfg.rates:
+                items = payloads(records, max(20, int(offered * cfg.seconds)), f"{offered:g}")
+                results.append(asyncio.run(_run_load(cfg, settings, proc.pid, log, items, offered, f"{offered:g}")))
                 say(_line(results[-1]))
-            bound.append(model_only(cfg, records))
-            say(f"model only: {bound[-1]:.1f} ECG/s")
+            timings.append(model_only(cfg, records))
+            say(f"model only: {rate(timings[-1], cfg.max_batch):.1f} ECG/s")
             for k in range(1, cfg.saturation_runs + 1):
-                res = asyncio.run(_run_load(cfg, settings, proc.pid, log,
-                                            payloads(records, cfg.max_events, f"max{k}"), None, f"max{k}"))
-                bound.append(model_only(cfg, records))
-                results.append(dataclasses.replace(res, bound=max(bound[-2:])))
-                say(f"{_line(results[-1])}\nmodel only: {bound[-1]:.1f} ECG/s")
+                results.append(asyncio.run(_run_load(cfg, settings, proc.pid, log,
+                                                     payloads(records, cfg.max_events, f"max{k}"), None, f"max{k}")))
+                timings.append(model_only(cfg, records))
+                say(f"{_line(results[-1])}\nmodel only: {rate(timings[-1], cfg.max_batch):.1f} ECG/s")
         if cfg.explain_max_lag_s < EXPLAIN_ALWAYS_S:
             results.append(_saturation_explaining_all(cfg, env, records, state))
             say(_line(results[-1]))
     return {"config": cfg, "origin": origin, "results": results, "stages": stages,
-            "model_only": tuple(bound), "load": (load_before, os.getloadavg())}
+            "model_only": [rate(t, cfg.max_batch) for t in timings],
+            "bound": rate([t for ts in timings for t in ts], cfg.max_batch), "load": (load_before, os.getloadavg())}
 
 
 def _saturation_explaining_all(cfg: BenchConfig, env: dict[str, str], records: Sequence[Record],
