@@ -149,7 +149,8 @@ class BatchRunner:
         """Step 1: sort out duplicates and conflicts, then screen the fresh messages.
 
         ``prepared``: the batch's decode/gate/preprocess already done by the pipelined loop's pool.
-        The batches stored in between must be stored in order, each after the one scored before it.
+        Batches are stored in the order they were scored (the pipelined loop scores the next one
+        while this one is stored).
         """
         with self._step():
             started = time.perf_counter()

@@ -61,8 +61,8 @@ class WorkerMetrics:
                                     registry=r)
         self.alerts = Counter("ecgscreen_alerts", "Candidate alerts by task and what triage did with them",
                               ["task", "admission"], registry=r)
-        self.unexplained = Counter("ecgscreen_alerts_unexplained", "Alerts sent without an explanation (the "
-                                   "worker was more than ECGSCREEN_EXPLAIN_MAX_LAG_S behind, or it failed)",
+        self.unexplained = Counter("ecgscreen_alerts_unexplained", "Candidate alerts without an explanation "
+                                   "(the worker was more than ECGSCREEN_EXPLAIN_MAX_LAG_S behind, or it failed)",
                                    registry=r)
         self.batch_size = Histogram("ecgscreen_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS,
                                     registry=r)

@@ -92,8 +92,8 @@ class Screener:
     explain_alerts: bool = True  # attribution for alerting records only (one batched backward pass)
     # Explanations only while the batch's oldest event has waited at most this long since the broker
     # took it; None: always. A worker that is behind (a backlog after an outage, a burst) sends its
-    # alerts without them and catches up twice as fast on a CPU (an explanation costs about three
-    # forward passes of its record); the alert is what must not wait.
+    # alerts without them and catches up faster (on a CPU an explanation costs a few forward passes
+    # of its record; docs/performance.md measures a backlog both ways); the alert must not wait.
     explain_max_lag_s: float | None = None
 
     def screen(self, messages: Sequence[RawMessage], prepared: Prepared | None = None) -> list[Outcome]:
@@ -162,7 +162,7 @@ class Screener:
     def _explaining(self, messages: Sequence[RawMessage], alerts: dict[int, list[Alert]]) -> bool:
         if not self.explain_alerts:
             return False
-        lag = batch_lag_s(messages, self.clock())
+        lag = _batch_lag_s(messages, self.clock())
         if self.explain_max_lag_s is None or lag is None or lag <= self.explain_max_lag_s:
             return True
         n = sum(len(found) for found in alerts.values())
@@ -216,7 +216,7 @@ def _quality(q: RecordQuality) -> Quality:
     return Quality(q.status, tuple(r.value for r in q.reasons), q.bad_leads)
 
 
-def batch_lag_s(messages: Sequence[RawMessage], now: datetime) -> float | None:
+def _batch_lag_s(messages: Sequence[RawMessage], now: datetime) -> float | None:
     """How long the batch's oldest event has waited since the broker took it; None without timestamps."""
     stamps = [m.timestamp_ms for m in messages if m.timestamp_ms is not None]
     return None if not stamps else now.timestamp() - min(stamps) / 1000
