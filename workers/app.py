@@ -64,7 +64,7 @@ from workers.pipeline import Outcome, ProcessingError, RawMessage, Screener, cla
 from workers.pipelined import PipelinedLoop
 from workers.prep import Prepared
 from workers.prep_pool import PrepPool
-from workers.settings import Settings
+from workers.settings import Settings, Topics
 from workers.triage import Admitted, RecordedOutcome, TriageStore
 
 log = logging.getLogger("ecgscreen.worker")
@@ -292,15 +292,7 @@ class BatchRunner:
                 self._exit(EX_CONFIG, "a dead letter cannot be stored; stopping without ack", again.what)
 
     async def _publish(self, outcomes: Sequence[Outcome], alerts: Sequence[Alert]) -> None:
-        topics = self._settings.kafka.topics
-        # Encode everything before sending anything: a message that will not encode then
-        # fails before any of the batch is on the wire.
-        records = [(topics.alerts, a.patient_ref, encode_alert(a)) for a in alerts]
-        for o in outcomes:
-            if o.verdict is not None:
-                records.append((topics.verdicts, o.verdict.event_id, encode_verdict(o.verdict)))
-            elif o.deadletter is not None:
-                records.append((topics.deadletter, o.message.key, encode_deadletter(o.deadletter)))
+        records = outcome_records(self._settings.kafka.topics, outcomes, alerts)
         sends = [await self._send(topic, key, value) for topic, key, value in records]
         await asyncio.gather(*sends)  # the broker's acks (acks=all): durable from here
 
@@ -415,6 +407,21 @@ def create_app(settings: Settings, screener: Screener, metrics: WorkerMetrics | 
         await runner.close()
 
     return app, runner
+
+
+def outcome_records(topics: Topics, outcomes: Sequence[Outcome], alerts: Sequence[Alert],
+                    ) -> list[tuple[str, str, bytes]]:
+    """(topic, key, value) of every message a batch publishes: alerts keyed by patient (one
+    partition keeps a patient's alerts in order), verdicts and dead letters by event. Everything
+    is encoded before anything is sent, so a message that will not encode fails the batch before
+    any of it is on the wire."""
+    records = [(topics.alerts, a.patient_ref, encode_alert(a)) for a in alerts]
+    for o in outcomes:
+        if o.verdict is not None:
+            records.append((topics.verdicts, o.verdict.event_id, encode_verdict(o.verdict)))
+        elif o.deadletter is not None:
+            records.append((topics.deadletter, o.message.key, encode_deadletter(o.deadletter)))
+    return records
 
 
 def alert_waveforms(outcomes: Sequence[Outcome]) -> dict[str, bytes]:

@@ -16,8 +16,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from schemas.codec import encode_alert, encode_deadletter, encode_verdict
 from schemas.errors import ECGScreenError
+from workers.app import outcome_records
 from workers.pipeline import Outcome
 from workers.policy import Admission
 from workers.settings import Topics
@@ -95,13 +95,7 @@ class StoreSink(NullSink):
 
     async def _publish(self, outcomes: Sequence[Outcome], alerts: Sequence[Any]) -> None:
         producer = await self._started()
-        t = self.topics
-        records = [(t.alerts, a.patient_ref, encode_alert(a)) for a in alerts]
-        for o in outcomes:
-            if o.verdict is not None:
-                records.append((t.verdicts, o.verdict.event_id, encode_verdict(o.verdict)))
-            elif o.deadletter is not None:
-                records.append((t.deadletter, o.message.key, encode_deadletter(o.deadletter)))
+        records = outcome_records(self.topics, outcomes, alerts)  # the live worker's messages
         sends = [await producer.send(topic, value, key=key.encode()) for topic, key, value in records]
         await asyncio.gather(*sends)  # acks=all: durable from here
 
